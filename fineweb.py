@@ -16,6 +16,7 @@ the other scripts import.
 
 import argparse
 import ast
+import collections
 import functools
 import hashlib
 import itertools
@@ -207,6 +208,8 @@ def _local_files(dataset: str) -> list[Path] | None:
                    and p.suffix in LOCAL_BUILDERS and not p.name.startswith("."))
     if not files:
         fail(f"no .parquet, .jsonl, .json or .txt files in {dataset}")
+    if all(p.stat().st_size == 0 for p in files):
+        fail(f"{dataset} is empty: the input has no documents")
     kinds = {LOCAL_BUILDERS[p.suffix] for p in files}
     if len(kinds) > 1:
         fail(f"{dataset} mixes file types ({', '.join(sorted(kinds))}); point --dataset at one kind")
@@ -224,7 +227,8 @@ def _hf_transfer_guard() -> None:
 
 
 def hf_documents(dataset: str, name: str | None, text_column: str) -> Iterator[str]:
-    """Stream documents through `datasets` (hub id or local files alike), so nothing is cached uncompressed."""
+    """Stream documents through `datasets` (hub id or local files alike), so nothing is cached uncompressed.
+    Opens the dataset and reads its first rows now, so a bad dataset fails here with one line."""
     _hf_transfer_guard()
     import datasets
     datasets.logging.set_verbosity_error()
@@ -242,15 +246,16 @@ def hf_documents(dataset: str, name: str | None, text_column: str) -> Iterator[s
         first = next(batches, None)
     except Exception as e:  # the hub and the file readers raise many kinds; a person needs the first line
         where = "the Hugging Face Hub" if files is None else "local files"
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        fail(f"could not read dataset {dataset!r} from {where}: {msg}")
-    if first is None:
-        return
-    if text_column not in first:
+        fail(f"could not read dataset {dataset!r} from {where}: {_first_line(e)}")
+    if first is not None and text_column not in first:
         fail(f"dataset {dataset!r} has no column {text_column!r} (columns: {', '.join(first)}); use --text-column")
-    for batch in itertools.chain([first], batches):
-        for text in batch[text_column]:
-            yield text if text is not None else ""
+    rest = batches if first is not None else iter(())
+    return (text or "" for batch in itertools.chain([first] if first else [], rest) for text in batch[text_column])
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__
 
 
 def demo_documents() -> list[str]:
@@ -316,14 +321,21 @@ def _init_worker() -> None:
 
 
 def tokenized_batches(docs: Iterable[str], workers: int, batch_docs: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """tokenize_batch over the document stream, in order, on `workers` processes."""
+    """tokenize_batch over the document stream, in order, on `workers` processes. The stream is read here in the
+    main process (not in a pool thread), so an error or Ctrl-C while reading surfaces here instead of hanging."""
     batches = _batched(docs, batch_docs)
     if workers == 1:
         yield from map(tokenize_batch, batches)
         return
     ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
     with ctx.Pool(workers, initializer=_init_worker) as pool:
-        yield from pool.imap(tokenize_batch, batches)
+        pending: collections.deque = collections.deque()
+        for batch in batches:
+            pending.append(pool.apply_async(tokenize_batch, (batch,)))
+            if len(pending) > 2 * workers:  # keep every worker busy, with bounded memory
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -364,6 +376,8 @@ def _load_state(out: Path, config: dict) -> dict:
 def build_shards(args: argparse.Namespace, docs: Iterable[str] | None = None) -> dict:
     """Tokenize the documents into shards in args.out, resuming from a previous partial run. Returns the state."""
     from tqdm import tqdm
+    if docs is None:
+        docs = demo_documents() if args.demo else hf_documents(args.dataset, args.name, args.text_column)
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -379,8 +393,6 @@ def build_shards(args: argparse.Namespace, docs: Iterable[str] | None = None) ->
         return state
     if state["shards"]:
         print(f"{out}: resuming after {state['shards']} finished shards ({state['tokens']:,} tokens)")
-    if docs is None:
-        docs = demo_documents() if args.demo else hf_documents(args.dataset, args.name, args.text_column)
     docs = itertools.islice(docs, state["docs"], None)  # documents wholly inside finished shards
     skip = state["skip"]  # tokens of the next document already inside a finished shard
 
@@ -426,6 +438,10 @@ def build_shards(args: argparse.Namespace, docs: Iterable[str] | None = None) ->
     except KeyboardInterrupt:
         bar.close()
         fail(f"interrupted; {state['shards']} finished shards kept in {out}. Run the same command again to resume.")
+    except Exception as e:  # e.g. the network dropped mid-stream: finished shards stay, a rerun resumes
+        bar.close()
+        fail(f"reading the dataset failed ({_first_line(e)}); {state['shards']} finished shards kept in {out}. "
+             "Run the same command again to resume.")
     bar.close()
     if tokens == 0:
         (out / STATE_FILE).unlink(missing_ok=True)
