@@ -1,14 +1,130 @@
 """
-GPT-2 (124M and up): the model, and the training loop (single process or torchrun DDP).
+GPT-2 (124M and up): the model, and its training loop (one process, or torchrun DDP on one or many nodes).
+
+    python fineweb.py --demo && python train_gpt2.py --preset demo     # a small model on CPU in about two minutes
+    torchrun --standalone --nproc_per_node=8 train_gpt2.py             # GPT-2 124M on edu_fineweb10B/ (10B tokens)
+    torchrun --standalone --nproc_per_node=8 train_gpt2.py --resume log/model_18882.pt --epochs 2   # a second epoch
+
+Writes LOG_DIR/model_{step:05d}.pt checkpoints, LOG_DIR/log.txt and LOG_DIR/metrics.jsonl. SIGTERM or Ctrl-C finish
+the current step, save a checkpoint and exit; `--resume auto` (the default) continues from the newest checkpoint.
 """
 
+import argparse
+import json
 import math
-from dataclasses import dataclass
+import os
+import re
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 from torch.nn import functional as F
+
+import fineweb
+
+# ----------------------------------------------------------------------------------------------------------------------
+# config
+
+PRESETS = {  # a preset only changes defaults: an explicit flag always wins
+    "demo": dict(data="demo_shards", n_layer=4, n_head=4, n_embd=64, batch_size=8, seq_len=64, total_batch_size=512,
+                 epochs=0.1, lr=3e-3, warmup_steps=10, eval_every=50, val_steps=4, hellaswag_every=100_000,
+                 sample_every=100, checkpoint_every=100, log_dir="log/demo"),
+}
+
+
+def get_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Train GPT-2 on token shards from fineweb.py (python or torchrun).",
+                                epilog="Defaults reproduce GPT-2 124M on FineWeb-Edu 10B tokens.")
+    defaults = {}
+
+    def opt(name: str, default, help: str, **kw) -> None:  # default None here, resolved after parsing (presets)
+        defaults[name[2:].replace("-", "_")] = default
+        p.add_argument(name, default=None, help=f"{help} (default: {default})" if default is not None else help, **kw)
+
+    # data
+    opt("--data", "edu_fineweb10B", "folder of token shards written by fineweb.py (.npy, or llm.c .bin)")
+    opt("--seq-len", 1024, "tokens per training sequence; also the model's block_size", type=int)
+    # model
+    p.add_argument("--model", choices=list(MODEL_SIZES), default=None, help="GPT-2 size by depth (default: d12)")
+    opt("--n-layer", None, "layers (overrides --model)", type=int)
+    opt("--n-head", None, "attention heads (overrides --model)", type=int)
+    opt("--n-embd", None, "embedding width (overrides --model)", type=int)
+    # optimization
+    opt("--batch-size", 64, "micro-batch sequences per process; lower it on out-of-memory", type=int)
+    opt("--total-batch-size", 524288, "tokens per optimizer step, reached by gradient accumulation", type=int)
+    opt("--epochs", 1.0, "passes over the training shards that the lr schedule spans (a fraction trains on part)",
+        type=float)
+    opt("--max-steps", 0, "stop after this many optimizer steps, the schedule unchanged (0 = run all --epochs)",
+        type=int)
+    opt("--lr", 6e-4, "peak learning rate; cosine decay to 10%% of it", type=float)
+    opt("--warmup-steps", 715, "linear warmup steps", type=int)
+    opt("--weight-decay", 0.1, "AdamW weight decay on 2-D parameters (matmuls, embeddings)", type=float)
+    opt("--grad-clip", 1.0, "clip the global gradient norm to this", type=float)
+    opt("--seed", 1337, "seed for the weights and the data order", type=int)
+    # evaluation and logs
+    opt("--eval-every", 250, "val loss every N steps (0 = off)", type=int)
+    opt("--val-steps", 20, "val batches of --total-batch-size tokens each", type=int)
+    opt("--hellaswag-every", 250, "HellaSwag accuracy every N steps (0 = off)", type=int)
+    opt("--hellaswag-data", None, "hellaswag_val.jsonl (default: hellaswag.py's location, downloaded if missing)")
+    opt("--sample-every", 250, "print a few samples every N steps (0 = off)", type=int)
+    opt("--log-dir", "log", "checkpoints, log.txt and metrics.jsonl")
+    opt("--wandb", None, "also log to this Weights & Biases project (needs the wandb package)")
+    # checkpoints
+    opt("--checkpoint-every", 1000, "save a checkpoint every N steps (and at the end)", type=int)
+    opt("--keep-checkpoints", 3, "keep only the newest N checkpoints (0 = keep all)", type=int)
+    opt("--resume", "auto", "auto (newest valid checkpoint in --log-dir), a checkpoint path, or none")
+    # hardware
+    opt("--device", "auto", "device", choices=["auto", "cuda", "mps", "cpu"])
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the model (default: on for CUDA, off elsewhere)")
+    p.add_argument("--preset", choices=list(PRESETS), default=None,
+                   help="demo: a small model on demo_shards/ (python fineweb.py --demo), CPU, about two minutes")
+    args = p.parse_args(argv)
+
+    preset = PRESETS.get(args.preset, {})
+    if args.model is not None:  # an explicit --model beats the preset's width and depth
+        preset = {k: v for k, v in preset.items() if k not in ("n_layer", "n_head", "n_embd")}
+    for key, value in {**defaults, **preset}.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    dims = dict(zip(("n_layer", "n_head", "n_embd"), MODEL_SIZES[args.model or "d12"]))
+    for key, value in dims.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    dims = (args.n_layer, args.n_head, args.n_embd)
+    args.model = next((name for name, d in MODEL_SIZES.items() if d == dims), "custom")
+    return args
+
+
+def fail(msg: str) -> None:
+    """One clear line and a non-zero exit, for errors a person can act on."""
+    sys.exit(f"train_gpt2.py: {msg}")
+
+
+def check_args(args: argparse.Namespace, world_size: int) -> None:
+    positive = ("n_layer", "n_head", "n_embd", "seq_len", "batch_size", "total_batch_size", "val_steps",
+                "checkpoint_every", "warmup_steps")
+    for key in positive:
+        if getattr(args, key) < 1:
+            fail(f"--{key.replace('_', '-')} must be positive, got {getattr(args, key)}")
+    if args.epochs <= 0 or args.lr <= 0 or min(args.max_steps, args.keep_checkpoints, args.eval_every,
+                                                 args.hellaswag_every, args.sample_every) < 0:
+        fail("--epochs and --lr must be positive; --max-steps, --keep-checkpoints and --*-every must be >= 0")
+    if args.n_embd % args.n_head:
+        fail(f"--n-embd {args.n_embd} is not a multiple of --n-head {args.n_head}")
+    per_step = args.batch_size * args.seq_len * world_size  # tokens of one micro-step over all processes
+    if args.total_batch_size % per_step:
+        fail(f"--total-batch-size {args.total_batch_size} is not a multiple of --batch-size x --seq-len x processes "
+             f"= {args.batch_size} x {args.seq_len} x {world_size} = {per_step}; change one of them")
+
 
 # ----------------------------------------------------------------------------------------------------------------------
 # model
@@ -214,13 +330,149 @@ def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: fl
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# checkpoint loading (shared with infer.py and hellaswag.py)
+# data loader
+
+class ShardLoader:
+    """Sequences of seq_len + 1 tokens at stride seq_len inside each memory-mapped shard (inputs and shifted targets).
+
+    An epoch is every sequence once, in a seeded per-epoch order: a permutation of the shards, and inside each
+    shard a permutation of its sequences (shuffle=False keeps file order, for validation). Step s of an epoch
+    takes the sequences [s * N, (s + 1) * N), N = seqs_per_step; micro-step m of rank r takes its B of them at
+    (m * world_size + r) * B. So a step's global batch is the same for any number of processes, ranks never
+    overlap, and the position in the data is just the step number."""
+
+    def __init__(self, folder: str, split: str, seq_len: int, seqs_per_step: int, seed: int, shuffle: bool = True):
+        paths = fineweb.list_shards(folder, split)
+        try:
+            self.shards = [fineweb.read_shard(p) for p in paths]  # uint16 memmaps: nothing read yet
+        except (ValueError, OSError) as e:
+            fail(f"bad shard: {str(e).splitlines()[0]} - rebuild it with fineweb.py")
+        self.T, self.N, self.seed, self.shuffle = seq_len, seqs_per_step, seed, shuffle
+        self.counts = np.array([(len(s) - 1) // seq_len if len(s) else 0 for s in self.shards], dtype=np.int64)
+        self.n_seqs = int(self.counts.sum())
+        self.steps_per_epoch = self.n_seqs // seqs_per_step  # the remainder (< one step) is left out each epoch
+        self._epoch, self._order, self._ends, self._perms = -1, None, None, {}
+
+    def _layout(self, epoch: int) -> None:
+        """The shard order of this epoch, and where each shard's sequences end in it."""
+        if epoch != self._epoch:
+            n = len(self.shards)
+            order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
+            self._epoch, self._order, self._ends, self._perms = epoch, order, np.cumsum(self.counts[order]), {}
+
+    def _perm(self, shard: int) -> np.ndarray:
+        """The order of one shard's sequences in the current epoch (a few cached: ranks walk shards in order)."""
+        if shard not in self._perms:
+            if len(self._perms) > 4:
+                self._perms.pop(next(iter(self._perms)))
+            count = int(self.counts[shard])
+            rng = np.random.default_rng([self.seed, self._epoch, shard])
+            self._perms[shard] = rng.permutation(count) if self.shuffle else np.arange(count)
+        return self._perms[shard]
+
+    def sequences(self, step: int, micro: int, rank: int, world_size: int, batch_size: int) -> np.ndarray:
+        """The (B, T + 1) uint16 tokens of one micro-step of one rank; step counts from the start of training."""
+        epoch, s = divmod(step, self.steps_per_epoch)
+        self._layout(epoch)
+        first = s * self.N + (micro * world_size + rank) * batch_size
+        assert first + batch_size <= (s + 1) * self.N, "micro-batches overrun the step: check the accumulation"
+        out = np.empty((batch_size, self.T + 1), dtype=np.uint16)
+        for b, i in enumerate(range(first, first + batch_size)):
+            k = int(np.searchsorted(self._ends, i, side="right"))  # position of the shard in this epoch's order
+            shard = int(self._order[k])
+            j = int(self._perm(shard)[i - (self._ends[k - 1] if k else 0)])  # sequence index inside the shard
+            out[b] = self.shards[shard][j * self.T: j * self.T + self.T + 1]
+        return out
+
+    def batch(self, step: int, micro: int, rank: int, world_size: int, batch_size: int,
+              device: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and targets (B, T) int64 on device; pinned memory and an async copy on CUDA."""
+        buf = torch.from_numpy(self.sequences(step, micro, rank, world_size, batch_size).astype(np.int64))
+        if device.startswith("cuda"):
+            buf = buf.pin_memory().to(device, non_blocking=True)
+        else:
+            buf = buf.to(device)
+        return buf[:, :-1], buf[:, 1:]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# evaluation
+
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "B200": 2250e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12,
+                   "RTX 4090": 165e12, "RTX 3090": 71e12}  # dense bf16 FLOP/s by GPU name, for MFU
+
+
+def peak_flops(device: str) -> float | None:
+    if not device.startswith("cuda"):
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+
+
+def flops_per_token(config: GPTConfig, n_params: int) -> int:
+    """Training FLOPs per token: 6N for the matmuls (forward + backward) plus 12 L H Q T for attention."""
+    return 6 * n_params + 12 * config.n_layer * config.n_embd * config.block_size
+
+
+@torch.no_grad()
+def val_loss(model: nn.Module, loader: ShardLoader, steps: int, accum: int, rank: int, world_size: int,
+             batch_size: int, device: str, autocast) -> float:
+    """Mean loss over the first `steps` val batches of the training batch shape (so a compiled model does not
+    recompile); the sequences are split over the ranks like a training step, and the result all-reduced."""
+    total = torch.zeros((), device=device)
+    for step in range(steps):
+        for micro in range(accum):
+            x, y = loader.batch(step, micro, rank, world_size, batch_size, device)
+            with autocast:
+                _, loss = model(x, y)
+            total += loss.float()
+    if world_size > 1:
+        dist.all_reduce(total)  # SUM: gloo has no AVG
+    return total.item() / (steps * accum * world_size)
+
+
+SAMPLE_PROMPT = "Hello, I'm a language model,"
+
+
+def sample_texts(model: GPT, device: str, seed: int, autocast, n: int = 2, max_new_tokens: int = 32) -> list[str]:
+    """A few short continuations of SAMPLE_PROMPT from the uncompiled model (varying shapes: no recompiles)."""
+    enc = fineweb.get_tokenizer()
+    prompt = enc.encode(SAMPLE_PROMPT)
+    idx = torch.tensor([prompt] * n, dtype=torch.long, device=device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    with autocast:
+        new = [t for t in generate(model, idx, min(max_new_tokens, model.config.block_size - len(prompt)),
+                                   top_k=50, generator=generator)]
+    rows = torch.cat(new, dim=1).tolist() if new else [[] for _ in range(n)]
+    return [enc.decode(prompt + row) for row in rows]
+
+
+def load_hellaswag(path: str | None, is_master: bool) -> tuple[object, list | None]:
+    """(hellaswag module, examples), or (None, None) with one notice when the module or the data is missing."""
+    try:
+        import hellaswag
+    except ImportError as e:
+        print0(f"train_gpt2.py: notice: HellaSwag evals off (cannot import hellaswag.py: {e})")
+        return None, None
+    if dist.is_initialized() and not is_master:
+        dist.barrier()  # rank 0 downloads first
+    try:
+        examples = hellaswag.load_examples(path)
+    except hellaswag.HellaSwagUnavailable as e:
+        print0(f"train_gpt2.py: notice: {e} - training without HellaSwag evals")
+        examples = None
+    if dist.is_initialized() and is_master:
+        dist.barrier()
+    return hellaswag, examples
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# checkpointing
 
 def load_model(spec: str, device: str | torch.device = "cpu") -> tuple[GPT, dict]:
     """A GPT from a checkpoint file written by this script, an OpenAI name (gpt2 ... gpt2-xl) or a Hugging Face
     GPT-2 folder. Returns (model in eval mode on device, the checkpoint's training config or {}).
     Raises ValueError with a one-line reason when spec is none of those."""
-    from pathlib import Path
     path = Path(spec)
     if path.is_dir() and (path / "config.json").exists() or spec in HF_NAMES:
         return GPT.from_pretrained(spec).to(device).eval(), {}
@@ -235,3 +487,336 @@ def load_model(spec: str, device: str | torch.device = "cpu") -> tuple[GPT, dict
     model = GPT(GPTConfig(**ckpt["model_config"]))
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), ckpt.get("config", {})
+
+
+CKPT_NAME = re.compile(r"model_(\d+)\.pt$")
+
+
+def list_checkpoints(log_dir: str | Path) -> list[Path]:
+    """model_*.pt in the log dir, oldest first."""
+    found = [p for p in Path(log_dir).glob("model_*.pt") if CKPT_NAME.match(p.name)]
+    return sorted(found, key=lambda p: int(CKPT_NAME.match(p.name).group(1)))
+
+
+def read_checkpoint(path: Path) -> dict:
+    """A training checkpoint of this script, or ValueError with a one-line reason."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, foreign pickle, ...: a person needs the first line
+        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+    needed = ("model", "model_config", "optimizer", "step", "config")
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in needed):
+        raise ValueError(f"{path} is not a train_gpt2.py training checkpoint (needs {', '.join(needed)})")
+    return ckpt
+
+
+def find_resume(spec: str, log_dir: str) -> tuple[Path, dict] | tuple[None, None]:
+    """The checkpoint to continue from: --resume auto (the newest one that loads), a path, or none."""
+    if spec == "none":
+        return None, None
+    if spec != "auto":
+        if not Path(spec).is_file():
+            fail(f"--resume {spec}: no such file - pass a model_*.pt, auto or none")
+        try:
+            return Path(spec), read_checkpoint(Path(spec))
+        except ValueError as e:
+            fail(f"--resume: {e}")
+    for path in reversed(list_checkpoints(log_dir)):
+        try:
+            return path, read_checkpoint(path)
+        except ValueError as e:
+            print0(f"train_gpt2.py: notice: skipping {e}")
+    return None, None
+
+
+def save_checkpoint(path: Path, state: dict, keep: int) -> None:
+    """Write atomically (a temp file, then rename), then delete all but the newest `keep` checkpoints."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    if keep > 0:
+        for old in list_checkpoints(path.parent)[:-keep]:
+            if old != path:
+                old.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# training
+
+def print0(*args, **kwargs) -> None:
+    """print on the process that logs (rank 0)."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(*args, **kwargs, flush=True)
+
+
+def setup_distributed(device: str) -> tuple[int, int, int, str, bool]:
+    """(rank, local rank, world size, device, is_master). Under torchrun: NCCL on CUDA, Gloo elsewhere; the
+    device comes from LOCAL_RANK (the process on this node), the data slice from RANK of WORLD_SIZE."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        fail("--device cuda, but torch sees no CUDA GPU - check nvidia-smi, or use --device cpu")
+    if device == "mps" and not torch.backends.mps.is_available():
+        fail("--device mps, but this torch has no MPS support - use --device cpu")
+    if "RANK" not in os.environ:
+        return 0, 0, 1, device, True
+    rank, local_rank, world = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
+    if device == "cuda":
+        device = f"cuda:{local_rank}"
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    return rank, local_rank, world, device, rank == 0
+
+
+def get_lr(step: int, total_steps: int, args: argparse.Namespace) -> float:
+    """Linear warmup, then cosine decay to 10% of --lr at total_steps (and 10% after)."""
+    min_lr = 0.1 * args.lr
+    if step < args.warmup_steps:
+        return args.lr * (step + 1) / args.warmup_steps
+    if step >= total_steps:
+        return min_lr
+    progress = (step - args.warmup_steps) / max(1, total_steps - args.warmup_steps)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (args.lr - min_lr)
+
+
+def make_optimizer(model: GPT, args: argparse.Namespace, device: str) -> torch.optim.AdamW:
+    """AdamW with weight decay on the 2-D parameters only (not on biases and LayerNorms); fused on CUDA."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": args.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95), eps=1e-8, fused=device.startswith("cuda"))
+
+
+def train_step(model: nn.Module, raw: GPT, optimizer: torch.optim.Optimizer, next_batch, accum: int, autocast,
+               grad_clip: float, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step over `accum` micro-batches from next_batch(micro) -> (x, y). Returns the step's mean loss
+    and the gradient norm before clipping, as device tensors (no host sync here)."""
+    ddp = isinstance(model, nn.parallel.DistributedDataParallel)
+    loss_sum = torch.zeros((), device=next(raw.parameters()).device)
+    for micro in range(accum):
+        x, y = next_batch(micro)
+        if ddp:  # all-reduce the gradients only after the last micro-step
+            model.require_backward_grad_sync = micro == accum - 1
+        with autocast:
+            _, loss = model(x, y)
+        loss = loss / accum  # the accumulated gradient is the mean over the whole step's tokens
+        loss_sum += loss.detach()
+        loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(raw.parameters(), grad_clip)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_sum, norm
+
+
+class RunLog:
+    """LOG_DIR/log.txt (one line per train/val/hella value) and LOG_DIR/metrics.jsonl (one JSON object per event),
+    appended, never truncated; optionally Weights & Biases. Only the master process writes."""
+
+    TEXT = {"train": "{step} train {loss:.6f}", "val": "{step} val {loss:.4f}", "hellaswag": "{step} hella {acc_norm:.4f}"}
+
+    def __init__(self, log_dir: str, active: bool, wandb_project: str | None, config: dict):
+        self.active, self.wandb = active, None
+        self.dir = Path(log_dir)
+        if not active:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if wandb_project:
+            try:
+                import wandb
+                self.wandb = wandb.init(project=wandb_project, config=config, dir=str(self.dir))
+            except ImportError:
+                print0("train_gpt2.py: notice: --wandb needs the wandb package (pip install wandb); logging to files only")
+
+    def event(self, event: str, **fields) -> None:
+        if not self.active:
+            return
+        with open(self.dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"event": event, **fields}) + "\n")
+        if event in self.TEXT:
+            with open(self.dir / "log.txt", "a") as f:
+                f.write(self.TEXT[event].format(**fields) + "\n")
+        if self.wandb is not None:
+            numbers = {f"{event}/{k}": v for k, v in fields.items() if isinstance(v, (int, float)) and k != "step"}
+            if numbers:
+                self.wandb.log(numbers, step=fields.get("step"))
+
+
+STOP = {}  # the signal (SIGTERM / SIGINT) that asked training to stop, set by request_stop
+
+
+def request_stop(signum: int, frame) -> None:
+    STOP.setdefault("signal", signum)
+    signal.signal(signum, signal.SIG_DFL)  # a second one stops at once, without a checkpoint
+    print(f"train_gpt2.py: {signal.Signals(signum).name} - finishing this step, then saving a checkpoint", flush=True)
+
+
+def duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def train(args: argparse.Namespace) -> int:
+    """Train until the schedule, --max-steps or a stop signal ends it. Returns the exit code."""
+    rank, local_rank, world, device, is_master = setup_distributed(args.device)
+    check_args(args, world)
+    dtype = torch.bfloat16 if device.startswith("cuda") else None  # MPS and CPU train in fp32
+    autocast = torch.autocast(device.split(":")[0], dtype=dtype) if dtype else nullcontext()
+    use_compile = args.compile if args.compile is not None else device.startswith("cuda")
+    if device.startswith("cuda"):
+        torch.set_float32_matmul_precision("high")  # TF32 for whatever runs outside autocast
+
+    B, T = args.batch_size, args.seq_len
+    accum = args.total_batch_size // (B * T * world)  # micro-steps per optimizer step on each process
+    seqs_per_step = args.total_batch_size // T
+    if not Path(args.data).is_dir():
+        fail(f"no data folder {args.data}/ - run python fineweb.py (or python fineweb.py --demo for demo_shards/)")
+    train_data = ShardLoader(args.data, "train", T, seqs_per_step, args.seed)
+    if train_data.steps_per_epoch == 0:
+        what = f"only {train_data.n_seqs * T:,} training tokens" if train_data.shards else "no training shards"
+        fail(f"{args.data}/ has {what}, less than one step of --total-batch-size {args.total_batch_size} - "
+             "run fineweb.py to write shards, or lower --total-batch-size")
+    val_data = ShardLoader(args.data, "val", T, seqs_per_step, args.seed, shuffle=False)
+    val_steps = min(args.val_steps, val_data.steps_per_epoch)
+    if args.eval_every and not val_steps:
+        print0(f"train_gpt2.py: notice: no val shard in {args.data}/ with a full batch - val loss off")
+    # The lr schedule spans all --epochs. A run continued with a larger --epochs (e.g. a second epoch from a finished
+    # run's checkpoint) recomputes the cosine over the new total and continues the step counter: no second warmup;
+    # the lr resumes from the new curve's value at that step.
+    total_steps = max(1, round(args.epochs * train_data.steps_per_epoch))
+    last_step = min(total_steps, args.max_steps) if args.max_steps else total_steps
+
+    torch.manual_seed(args.seed)
+    config = GPTConfig(block_size=T, n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd)
+    ckpt_path, ckpt = find_resume(args.resume, args.log_dir)
+    if ckpt is not None and ckpt["model_config"] != asdict(config):
+        fail(f"{ckpt_path} holds a model {ckpt['model_config']}, but the options ask for {asdict(config)} - "
+             "pass the same --model/--n-*/--seq-len, or --resume none")
+    if ckpt is not None and ckpt["config"].get("total_batch_size") != args.total_batch_size:
+        fail(f"{ckpt_path} was trained with --total-batch-size {ckpt['config'].get('total_batch_size')}; "
+             "resume with the same value (the data position is counted in steps)")
+    raw = GPT(config).to(device)
+    optimizer = make_optimizer(raw, args, device)
+    step, last_val = 0, None  # step = optimizer steps done
+    if ckpt is not None:
+        raw.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        step, last_val = ckpt["step"], ckpt.get("val_loss")
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        if device.startswith("cuda") and len(ckpt["rng"]["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+    compiled = torch.compile(raw) if use_compile else raw  # train and val at one shape; samples/HellaSwag use raw
+    model = nn.parallel.DistributedDataParallel(compiled, device_ids=[local_rank] if device.startswith("cuda")
+                                                else None) if world > 1 else compiled
+
+    log = RunLog(args.log_dir, is_master, args.wandb, vars(args))
+    print0(f"train_gpt2.py config: {json.dumps(vars(args))}")
+    print0(f"{raw.num_params() / 1e6:.1f}M parameters | {world} process(es) on {device} | {accum} micro-steps of "
+           f"{B} x {T} per step | {train_data.steps_per_epoch} steps per epoch | {total_steps} steps scheduled")
+    if ckpt is not None:
+        print0(f"resuming from {ckpt_path} at step {step}")
+    log.event("config", step=step, config=vars(args), model_config=asdict(config), world_size=world,
+              device=torch.cuda.get_device_name(device) if device.startswith("cuda") else device, time=time.time())
+    if step >= last_step:
+        print0(f"train_gpt2.py: {ckpt_path} already finished step {step} of {last_step} - pass a larger --epochs "
+               "to train on, or --resume none to start over")
+        return 0
+    hellaswag, hella_examples = load_hellaswag(args.hellaswag_data, is_master) if args.hellaswag_every else (None, None)
+    flops_tok, peak = flops_per_token(config, raw.num_params(non_embedding=True)), peak_flops(device)
+
+    def evaluate(step: int) -> None:
+        nonlocal last_val
+        due = lambda every: every > 0 and (step % every == 0 or step == last_step)  # noqa: E731
+        if due(args.eval_every) and val_steps:
+            last_val = val_loss(compiled, val_data, val_steps, accum, rank, world, B, device, autocast)
+            print0(f"step {step:5d} | val loss {last_val:.4f}")
+            log.event("val", step=step, loss=last_val)
+        if due(args.hellaswag_every) and hella_examples:
+            result = hellaswag.evaluate(raw, hella_examples, device, rank=rank, world_size=world, autocast_dtype=dtype)
+            raw.train()
+            print0(f"step {step:5d} | HellaSwag acc_norm {result['acc_norm']:.4f} ({result['n']} examples)")
+            log.event("hellaswag", step=step, acc=result["acc"], acc_norm=result["acc_norm"], n=result["n"])
+        if due(args.sample_every) and is_master:
+            for text in sample_texts(raw, device, args.seed + step, autocast):
+                print0(f"sample: {text!r}")
+                log.event("sample", step=step, text=text)
+
+    def checkpoint(step: int) -> None:
+        if is_master:
+            path = Path(args.log_dir) / f"model_{step:05d}.pt"
+            epoch, in_epoch = divmod(step, train_data.steps_per_epoch)
+            save_checkpoint(path, {
+                "model": raw.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "epoch": epoch,
+                "loader": {"epoch": epoch, "step": in_epoch, "steps_per_epoch": train_data.steps_per_epoch},
+                "rng": {"torch": torch.get_rng_state(),
+                        "cuda": torch.cuda.get_rng_state_all() if device.startswith("cuda") else []},
+                "config": vars(args), "model_config": asdict(config), "val_loss": last_val}, args.keep_checkpoints)
+            print0(f"saved {path}")
+            log.event("checkpoint", step=step, path=str(path))
+        if world > 1:
+            dist.barrier()  # nobody exits while rank 0 is still writing
+
+    raw.train()
+    dt_avg, start_time = None, time.time()
+    try:
+        if step == 0:
+            evaluate(0)
+        while step < last_step:
+            t0 = time.time()
+            lr = get_lr(step, total_steps, args)
+            next_batch = lambda micro: train_data.batch(step, micro, rank, world, B, device)  # noqa: E731
+            loss_sum, norm = train_step(model, raw, optimizer, next_batch, accum, autocast, args.grad_clip, lr)
+            stats = torch.stack([loss_sum.float(), norm.float(), torch.full((), float(bool(STOP)), device=device)])
+            if world > 1:
+                dist.all_reduce(stats)  # loss summed over ranks; a stop on any rank stops all at this step
+            loss, norm, stop = stats.tolist()  # the one host sync of the step
+            loss /= world
+            dt = time.time() - t0
+            if not math.isfinite(loss):
+                log.event("end", step=step, status="diverged")
+                good = list_checkpoints(args.log_dir)
+                fail(f"loss is {loss} at step {step} - training diverged; the last good checkpoint is "
+                     f"{good[-1] if good else 'none'}; lower --lr and resume from it")
+            dt_avg = dt if dt_avg is None or step < 3 else 0.9 * dt_avg + 0.1 * dt  # the first steps compile
+            tok_s = args.total_batch_size / dt
+            mfu = flops_tok * tok_s / (peak * world) if peak else None
+            epoch = step / train_data.steps_per_epoch
+            print0(f"step {step:5d}/{last_step} | loss {loss:.6f} | lr {lr:.2e} | norm {norm:.4f} | {dt * 1000:.0f} ms"
+                   f" | {tok_s:,.0f} tok/s | mfu {f'{mfu:.1%}' if mfu is not None else '-'} | epoch {epoch:.3f} | "
+                   f"eta {duration(dt_avg * (last_step - step - 1))}")
+            log.event("train", step=step, loss=loss, lr=lr, norm=norm, dt_ms=dt * 1000, tok_per_s=tok_s, mfu=mfu,
+                      epoch=epoch, tokens=(step + 1) * args.total_batch_size, time=time.time())
+            step += 1
+            evaluate(step)
+            if step % args.checkpoint_every == 0 or step == last_step or stop:
+                checkpoint(step)
+            if stop and step < last_step:
+                sig = STOP.get("signal", signal.SIGTERM)
+                print0(f"train_gpt2.py: stopped at step {step}; --resume auto continues from the checkpoint")
+                log.event("end", step=step, status="interrupted")
+                return 128 + sig
+    except torch.cuda.OutOfMemoryError:
+        fail(f"CUDA out of memory at --batch-size {B} - lower --batch-size (gradient accumulation keeps the "
+             f"total batch at {args.total_batch_size} tokens)")
+    print0(f"finished {step} steps in {duration(time.time() - start_time)}; final val loss "
+           f"{last_val if last_val is None else round(last_val, 4)}")
+    log.event("end", step=step, status="finished")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# main
+
+def main() -> None:
+    args = get_args()
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    code = train(args)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -27,3 +27,17 @@ def tiny_hf_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny_hf")
     GPT2LMHeadModel(GPT2Config(n_positions=128, n_embd=32, n_layer=2, n_head=4, vocab_size=50257)).save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def demo_run(demo_shards, tmp_path_factory) -> Path:
+    """The log dir of a very short `train_gpt2.py --preset demo` run on the demo shards (6 steps; val loss, samples
+    and checkpoints every 3 steps): model_00003.pt, model_00006.pt, log.txt, metrics.jsonl."""
+    import subprocess
+    log_dir = tmp_path_factory.mktemp("demo_run")
+    cmd = [sys.executable, str(ROOT / "train_gpt2.py"), "--preset", "demo", "--data", str(demo_shards),
+           "--log-dir", str(log_dir), "--max-steps", "6", "--eval-every", "3", "--checkpoint-every", "3",
+           "--sample-every", "3", "--hellaswag-every", "0", "--device", "cpu"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"demo run failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+    return log_dir

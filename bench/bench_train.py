@@ -1,0 +1,88 @@
+"""
+Training speed of train_gpt2.py: tok/s and MFU of its training step (train_gpt2.train_step: bf16 autocast on CUDA,
+fused AdamW, gradient clipping) on synthetic tokens, one process, with torch.compile on and off. No data, no download.
+
+    python bench/bench_train.py                                   # d12 at 64 x 1024 on CUDA (or what --device finds)
+    python bench/bench_train.py --batch-size 32 --compile         # compiled only
+    python bench/bench_train.py --model-dims 2,2,64 --batch-size 2 --seq-len 64 --steps 3 --device cpu   # quick, CPU
+
+Prints, per mode, the median step time, tokens/s and MFU (against the GPU's dense bf16 peak; '-' when unknown).
+"""
+
+import argparse
+import statistics
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import train_gpt2  # noqa: E402
+from train_gpt2 import GPT, GPTConfig, MODEL_SIZES  # noqa: E402
+
+
+def bench(args: argparse.Namespace, device: str, use_compile: bool) -> tuple[float, float, float | None]:
+    """(median seconds per step, tokens/s, MFU or None) over args.steps timed steps after args.warmup."""
+    torch.manual_seed(0)
+    n_layer, n_head, n_embd = args.dims
+    config = GPTConfig(block_size=args.seq_len, n_layer=n_layer, n_head=n_head, n_embd=n_embd)
+    raw = GPT(config).to(device)
+    model = torch.compile(raw) if use_compile else raw
+    opt_args = argparse.Namespace(lr=6e-4, weight_decay=0.1)
+    optimizer = train_gpt2.make_optimizer(raw, opt_args, device)
+    cuda = device.startswith("cuda")
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
+    tokens = torch.randint(0, 50257, (args.batch_size, args.seq_len + 1))
+    if cuda:
+        tokens = tokens.pin_memory()
+
+    def next_batch(micro: int) -> tuple[torch.Tensor, torch.Tensor]:
+        buf = tokens.to(device, non_blocking=True)  # the copy a real step makes
+        return buf[:, :-1], buf[:, 1:]
+
+    times = []
+    for i in range(args.warmup + args.steps):
+        t0 = time.perf_counter()
+        loss, norm = train_gpt2.train_step(model, raw, optimizer, next_batch, 1, autocast, 1.0, 6e-4)
+        loss.item()  # the one sync per step, as in training
+        if i >= args.warmup:
+            times.append(time.perf_counter() - t0)
+    dt = statistics.median(times)
+    tok_s = args.batch_size * args.seq_len / dt
+    peak = train_gpt2.peak_flops(device)
+    mfu = train_gpt2.flops_per_token(config, raw.num_params(non_embedding=True)) * tok_s / peak if peak else None
+    return dt, tok_s, mfu
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="d12", choices=list(MODEL_SIZES), help="size (random init, vocab 50304)")
+    p.add_argument("--model-dims", default=None, help="n_layer,n_head,n_embd instead of --model (e.g. 2,2,64)")
+    p.add_argument("--batch-size", type=int, default=64, help="micro-batch sequences")
+    p.add_argument("--seq-len", type=int, default=1024, help="tokens per sequence")
+    p.add_argument("--steps", type=int, default=20, help="timed steps per mode")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 5 compiled, 1 eager)")
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="only compiled (--compile) or only eager (--no-compile); default both (CPU: eager only)")
+    args = p.parse_args()
+    args.dims = tuple(int(v) for v in args.model_dims.split(",")) if args.model_dims else MODEL_SIZES[args.model]
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    if device == "cuda":
+        torch.set_float32_matmul_precision("high")
+    modes = [args.compile] if args.compile is not None else ([False, True] if device == "cuda" else [False])
+    name = torch.cuda.get_device_name(device) if device == "cuda" else device
+    print(f"dims {args.dims} | micro-batch {args.batch_size} x {args.seq_len} | {name} | torch {torch.__version__}")
+    for use_compile in modes:
+        warmup = args.warmup if args.warmup is not None else (5 if use_compile else 1)
+        dt, tok_s, mfu = bench(argparse.Namespace(**{**vars(args), "warmup": warmup}), device, use_compile)
+        print(f"compile {'on ' if use_compile else 'off'} | {dt * 1000:8.1f} ms/step | {tok_s:12,.0f} tok/s | "
+              f"mfu {f'{mfu:.1%}' if mfu is not None else '-'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+"""train_gpt2.py: the model against Hugging Face, the data loader, exact resume, DDP, signals, logs, bad input."""
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import fineweb
+import train_gpt2
+from train_gpt2 import GPT, ShardLoader, get_lr
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = str(ROOT / "train_gpt2.py")
+TINY = ["--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--seq-len", "32", "--batch-size", "4",
+        "--total-batch-size", "256", "--lr", "3e-3", "--warmup-steps", "2", "--eval-every", "0", "--val-steps", "2",
+        "--hellaswag-every", "0", "--sample-every", "0", "--device", "cpu", "--no-compile"]
+
+
+def train(*args: str, launcher: list[str] | None = None) -> subprocess.CompletedProcess:
+    cmd = (launcher or [sys.executable]) + [SCRIPT, *TINY, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+
+def events(log_dir: Path, kind: str) -> list[dict]:
+    lines = (log_dir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["event"] == kind]
+
+
+@pytest.fixture(scope="module")
+def tiny_shards(tmp_path_factory) -> Path:
+    """Three train shards and a val shard of random token ids (34 steps of 256 tokens per epoch)."""
+    out = tmp_path_factory.mktemp("tiny_shards")
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        fineweb.write_shard(out / fineweb.shard_name(i), rng.integers(0, 2000, 3000, dtype=np.uint16))
+    return out
+
+
+# --- model ---
+
+def test_model_matches_hugging_face_gpt2_logits(tiny_hf_dir):
+    from transformers import GPT2LMHeadModel
+    hf = GPT2LMHeadModel.from_pretrained(tiny_hf_dir).eval()
+    ours = GPT.from_pretrained(str(tiny_hf_dir)).eval()
+    idx = torch.randint(0, 50257, (2, 40), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        diff = (ours(idx)[0] - hf(idx).logits).abs().max().item()
+    assert diff < 1e-4
+
+
+def test_lr_warms_up_decays_to_ten_percent_and_a_second_epoch_does_not_warm_up_again():
+    args = train_gpt2.get_args(["--lr", "1e-3", "--warmup-steps", "10"])
+    assert get_lr(0, 100, args) == pytest.approx(1e-4) and get_lr(9, 100, args) == pytest.approx(1e-3)
+    assert get_lr(100, 100, args) == pytest.approx(1e-4)
+    lrs = [get_lr(s, 200, args) for s in range(100, 200)]  # the same run continued for twice the steps
+    assert all(a >= b for a, b in zip(lrs, lrs[1:])) and lrs[0] < 1e-3
+
+
+def test_explicit_flags_win_over_the_preset():
+    args = train_gpt2.get_args(["--preset", "demo", "--batch-size", "2", "--model", "d12"])
+    assert args.batch_size == 2 and (args.n_layer, args.n_embd) == (12, 768)
+    assert args.log_dir == "log/demo" and args.data == "demo_shards"
+
+
+# --- data loader ---
+
+@pytest.fixture
+def counted_shards(tmp_path) -> Path:
+    """Shards whose tokens are consecutive numbers, so every token says where it came from (20 sequences of 8)."""
+    start = 0
+    for i, n in enumerate([30, 50, 41, 77]):  # val, then train shards of 6, 5 and 9 sequences of 8 (+1) tokens
+        fineweb.write_shard(tmp_path / fineweb.shard_name(i), np.arange(start, start + n, dtype=np.uint16))
+        start += n
+    return tmp_path
+
+
+def global_batch(loader: ShardLoader, step: int, world_size: int, batch_size: int) -> list[list[int]]:
+    accum = loader.N // (world_size * batch_size)
+    rows = [loader.sequences(step, m, r, world_size, batch_size) for m in range(accum) for r in range(world_size)]
+    return [list(row) for part in rows for row in part]
+
+
+def test_loader_visits_every_token_once_per_epoch(counted_shards):
+    loader = ShardLoader(str(counted_shards), "train", seq_len=8, seqs_per_step=4, seed=0)
+    assert loader.steps_per_epoch == 5
+    expected = sorted(t for s in loader.shards for t in s[:len(s) - 1 - (len(s) - 1) % 8])
+    seen = {}
+    for epoch in range(2):
+        rows = [r for step in range(epoch * 5, epoch * 5 + 5) for r in global_batch(loader, step, 1, 2)]
+        assert all(np.array_equal(np.diff(r), np.ones(8)) for r in rows)  # targets are the inputs shifted by one
+        seen[epoch] = [r[:-1] for r in rows]
+        assert sorted(t for r in seen[epoch] for t in r) == expected
+    assert seen[0] != seen[1]  # a new order each epoch
+
+
+def test_global_batch_is_the_same_for_any_number_of_processes(counted_shards):
+    loader = ShardLoader(str(counted_shards), "train", seq_len=8, seqs_per_step=4, seed=0)
+    for step in range(7):
+        one = global_batch(loader, step, world_size=1, batch_size=2)
+        assert global_batch(loader, step, world_size=2, batch_size=2) == one
+        assert global_batch(loader, step, world_size=4, batch_size=1) == one
+        assert len({tuple(r) for r in one}) == 4  # ranks and micro-steps never overlap
+
+
+# --- runs ---
+
+def test_demo_run_writes_logs_and_checkpoints_in_the_contract_format(demo_run):
+    assert sorted(p.name for p in demo_run.glob("model_*.pt")) == ["model_00003.pt", "model_00006.pt"]
+    lines = (demo_run / "log.txt").read_text().splitlines()
+    assert all(re.fullmatch(r"\d+ (train \d+\.\d{6}|val \d+\.\d{4})", line) for line in lines)
+    assert [int(line.split()[0]) for line in lines if " train " in line] == list(range(6))
+    kinds = {r["event"] for r in map(json.loads, (demo_run / "metrics.jsonl").read_text().splitlines())}
+    assert kinds == {"config", "train", "val", "sample", "checkpoint", "end"}
+    first = events(demo_run, "train")[0]
+    assert set(first) >= {"step", "loss", "lr", "norm", "dt_ms", "tok_per_s", "mfu", "epoch", "tokens", "time"}
+    assert first["mfu"] is None and first["tokens"] == 512
+    assert events(demo_run, "end")[-1]["status"] == "finished"
+
+
+def test_demo_val_loss_falls(demo_run):
+    val = [r["loss"] for r in events(demo_run, "val")]
+    assert len(val) == 3 and val[-1] < val[0] - 0.2
+
+
+def test_checkpoint_loads_with_weights_only_and_no_warning(demo_run):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ckpt = torch.load(demo_run / "model_00006.pt", map_location="cpu", weights_only=True)
+    assert {"model", "model_config", "config", "step", "epoch", "optimizer", "loader", "rng", "val_loss"} <= set(ckpt)
+    assert ckpt["step"] == 6 and ckpt["config"]["preset"] == "demo" and isinstance(ckpt["val_loss"], float)
+    assert not any(k.startswith(("_orig_mod.", "module.")) for k in ckpt["model"])
+    model, config = train_gpt2.load_model(str(demo_run / "model_00006.pt"))
+    assert model.config.n_layer == 4 and config["total_batch_size"] == 512
+
+
+def test_resume_reproduces_uninterrupted_losses(tiny_shards, tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    args = ["--data", str(tiny_shards), "--eval-every", "3"]
+    assert train(*args, "--max-steps", "6", "--log-dir", str(straight), "--checkpoint-every", "1",
+                 "--keep-checkpoints", "2").returncode == 0
+    assert train(*args, "--max-steps", "3", "--log-dir", str(split)).returncode == 0
+    second = train(*args, "--max-steps", "6", "--log-dir", str(split), "--resume", "auto")
+    assert second.returncode == 0 and "resuming from" in second.stdout
+    for kind in ("train", "val"):
+        assert [(r["step"], r["loss"]) for r in events(split, kind)] == \
+               [(r["step"], r["loss"]) for r in events(straight, kind)]
+    assert (split / "log.txt").read_text() == (straight / "log.txt").read_text()  # appended, never truncated
+    assert sorted(p.name for p in straight.glob("model_*.pt")) == ["model_00005.pt", "model_00006.pt"]
+
+
+def test_two_processes_give_the_same_losses_as_one_with_twice_the_accumulation(tiny_shards, tmp_path):
+    args = ["--data", str(tiny_shards), "--max-steps", "3", "--eval-every", "3"]
+    one = train(*args, "--log-dir", str(tmp_path / "one"))
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    two = train(*args, "--log-dir", str(tmp_path / "two"), launcher=torchrun)
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-2000:]
+    assert "2 process(es)" in two.stdout and "1 micro-steps" in two.stdout and "2 micro-steps" in one.stdout
+    for kind in ("train", "val"):
+        a, b = events(tmp_path / "one", kind), events(tmp_path / "two", kind)
+        assert [r["step"] for r in a] == [r["step"] for r in b]
+        assert np.allclose([r["loss"] for r in a], [r["loss"] for r in b], rtol=0, atol=1e-5)
+
+
+def test_sigterm_saves_a_checkpoint_that_resume_auto_continues(tiny_shards, tmp_path):
+    cmd = [sys.executable, SCRIPT, *TINY, "--data", str(tiny_shards), "--log-dir", str(tmp_path), "--epochs", "30"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    for line in proc.stdout:
+        if re.match(r"step +\d+/\d+ \| loss", line):
+            proc.send_signal(signal.SIGTERM)
+            break
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    saved = sorted(tmp_path.glob("model_*.pt"))
+    assert len(saved) == 1 and "Traceback" not in err
+    step = torch.load(saved[0], weights_only=True)["step"]
+    assert events(tmp_path, "end")[-1] == {"event": "end", "step": step, "status": "interrupted"}
+    resumed = train("--data", str(tiny_shards), "--log-dir", str(tmp_path), "--epochs", "30",
+                    "--max-steps", str(step + 2))
+    assert resumed.returncode == 0
+    assert [r["step"] for r in events(tmp_path, "train")][-3:] == [step - 1, step, step + 1]
+
+
+def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_checkpoint(tiny_shards, tmp_path):
+    proc = train("--data", str(tiny_shards), "--log-dir", str(tmp_path), "--lr", "1e9", "--grad-clip", "1e30",
+                 "--checkpoint-every", "1", "--max-steps", "10")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "diverged" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    saved = sorted(tmp_path.glob("model_*.pt"))
+    assert saved and all(torch.load(p, weights_only=True)["step"] <= 2 for p in saved)
+    assert events(tmp_path, "end")[-1]["status"] == "diverged"
+
+
+def bad_inputs(tmp_path: Path, tiny_shards: Path) -> dict[str, list[str]]:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "truncated.pt").write_bytes(b"PK\x03\x04 not really a zip")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
+    return {
+        "missing data folder": ["--data", str(tmp_path / "nope")],
+        "empty data folder": ["--data", str(tmp_path / "empty")],
+        "truncated checkpoint": ["--data", str(tiny_shards), "--resume", str(tmp_path / "truncated.pt")],
+        "foreign checkpoint": ["--data", str(tiny_shards), "--resume", str(tmp_path / "foreign.pt")],
+        "batch that does not divide": ["--data", str(tiny_shards), "--total-batch-size", "200"],
+    }
+
+
+@pytest.mark.parametrize("case", ["missing data folder", "empty data folder", "truncated checkpoint",
+                                  "foreign checkpoint", "batch that does not divide"])
+def test_bad_input_gives_one_line_and_a_nonzero_exit(case, tiny_shards, tmp_path):
+    proc = train(*bad_inputs(tmp_path, tiny_shards)[case], "--log-dir", str(tmp_path / "log"))
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("train_gpt2.py: ")
