@@ -1,0 +1,366 @@
+"""
+HellaSwag accuracy of a GPT-2: a checkpoint from train_gpt2.py, OpenAI's weights, or a Hugging Face folder.
+
+    python hellaswag.py --model gpt2                      # OpenAI's 124M on the 10042 validation examples
+    python hellaswag.py --model log/model_19072.pt        # your run
+    python hellaswag.py --model log/model_19072.pt --data my_hellaswag.jsonl --limit 500 --verbose
+
+Completion-style scoring: each of the 4 endings follows the context (" " + ending), the model's cross-entropy over
+the ending tokens is summed; `acc` picks the ending with the lowest sum, `acc_norm` the lowest mean per token.
+OpenAI's GPT-2 124M scores acc 0.2859 / acc_norm 0.2955 this way (gpt2-xl: 0.3842 / 0.4893); GPT-3 124M reports 0.337.
+
+The data comes from the authors' repository (github.com/rowanz/hellaswag) into hellaswag/ next to this script, once.
+Examples are scored many at a time, padded on the right to a few fixed lengths (powers of two), the output layer
+only at the ending positions, and train_gpt2.py calls evaluate() from every DDP rank, each taking a share.
+"""
+
+import argparse
+import hashlib
+import http.client
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from fineweb import EOT, get_tokenizer
+from train_gpt2 import GPT2_VOCAB, HF_NAMES, load_model
+
+# ----------------------------------------------------------------------------------------------------------------------
+# config
+
+DATA_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_{split}.jsonl"
+CACHE_DIR = Path(__file__).resolve().parent / "hellaswag"
+# split -> (examples, bytes, sha256) of the authors' files, as pinned by Hugging Face datasets' hellaswag loader
+SPLITS = {
+    "train": (39905, 47496131, "dae5e69249868cb9fe4e23ff925c60b66169564cfb7072d793cd7356a2b69f8d"),
+    "val": (10042, 12246618, "0aa3b88843990f3f10a97b9575c94d7b71fb2205240ba04ae4884d9e9c992588"),
+    "test": (10003, 11752147, "da082b00543e422b8d25394614d102944586986def4de5cd1bd36d86bcb76261"),
+}
+MIN_ROW = 32  # padded row lengths are powers of two from here up to the model's block_size
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring as written, and each option's default."""
+
+
+def get_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    # what to score
+    p.add_argument("--model", default="gpt2", help="a model_*.pt from train_gpt2.py, gpt2 | gpt2-medium | "
+                                                   "gpt2-large | gpt2-xl, or a Hugging Face GPT-2 folder")
+    # which examples
+    p.add_argument("--data", default=None, help="a local jsonl in the HellaSwag schema (ctx, endings, label) "
+                                                "instead of the downloaded split")
+    p.add_argument("--split", default="val", choices=["train", "val"], help="the authors' split (test has no labels)")
+    p.add_argument("--limit", type=int, default=None, help="score only the first N examples")
+    p.add_argument("--cache-dir", default=str(CACHE_DIR), help="where the downloaded splits are kept")
+    p.add_argument("--url", default=DATA_URL, help="where to download a split from ({split} is filled in)")
+    # how
+    p.add_argument("--batch-size", type=int, default=32, help="examples per forward pass (4 rows each)")
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"],
+                   help="auto prefers cuda, then mps, then cpu; cuda runs under bf16 autocast")
+    p.add_argument("--verbose", action=argparse.BooleanOptionalAction, default=False,
+                   help="print a few examples with the loss of each ending")
+    args = p.parse_args(argv)
+    if args.batch_size < 1 or (args.limit is not None and args.limit < 1):
+        p.error("--batch-size and --limit must be at least 1")
+    return args
+
+
+def fail(msg: str) -> None:
+    sys.exit(f"hellaswag.py: {msg}")
+
+
+def first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return (lines[0] if lines else type(e).__name__)[:300]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# data
+
+class HellaSwagUnavailable(RuntimeError):
+    """The split is not on disk and could not be downloaded; the message says how to get it."""
+
+
+def fetch(url: str, dest: Path, expected: tuple[int, int, str] | None = None, progress: bool = True) -> None:
+    """Fetch url into dest atomically (a temp file renamed into place): dest is complete or absent.
+    expected = (examples, bytes, sha256): a different line count is an error, a different sha256 a warning."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")  # per process: DDP ranks may download at once
+    how = f"download {url} to {dest}, or pass --data FILE"
+    sha, lines = hashlib.sha256(), 0
+    try:
+        with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
+            size = int(r.headers.get("Content-Length") or 0) or None
+            with tqdm(total=size, unit="B", unit_scale=True, desc=dest.name, disable=not progress) as bar:
+                while chunk := r.read(1 << 20):
+                    f.write(chunk)
+                    sha.update(chunk)
+                    lines += chunk.count(b"\n")
+                    bar.update(len(chunk))
+            if size is not None and f.tell() != size:
+                raise OSError(f"got {f.tell()} of {size} bytes")
+            f.flush()
+            os.fsync(f.fileno())
+    except (OSError, http.client.HTTPException, ValueError) as e:
+        tmp.unlink(missing_ok=True)
+        reason = e.reason if isinstance(e, urllib.error.URLError) else first_line(e)
+        raise HellaSwagUnavailable(f"could not download HellaSwag ({reason}) - {how}") from None
+    if expected is not None:
+        n, _, want = expected
+        if lines != n:
+            tmp.unlink(missing_ok=True)
+            raise HellaSwagUnavailable(f"{url} gave {lines} examples, expected {n} - {how}")
+        if sha.hexdigest() != want:
+            print(f"hellaswag.py: warning: {dest.name} has sha256 {sha.hexdigest()}, expected {want}: the file "
+                  "upstream changed, so scores may not compare with published ones", file=sys.stderr)
+    os.replace(tmp, dest)
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Examples of a HellaSwag jsonl file; a malformed line raises ValueError naming path:line."""
+    examples = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                ex = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+            if not isinstance(ex, dict):
+                raise ValueError(f"{path}:{i}: expected a JSON object, got {type(ex).__name__}")
+            if not isinstance(ex.get("ctx"), str) or not ex["ctx"]:
+                raise ValueError(f"{path}:{i}: 'ctx' must be a non-empty string")
+            endings = ex.get("endings")
+            if not isinstance(endings, list) or len(endings) != 4 or not all(isinstance(e, str) for e in endings):
+                got = f"{len(endings)} items" if isinstance(endings, list) else type(endings).__name__
+                raise ValueError(f"{path}:{i}: 'endings' must be a list of 4 strings, got {got}")
+            label = ex.get("label")
+            if isinstance(label, str) and label.isdigit():
+                label = int(label)
+            if label is None:
+                raise ValueError(f"{path}:{i}: no 'label' (the authors withhold the test split's labels - use val)")
+            if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < 4:
+                raise ValueError(f"{path}:{i}: 'label' must be 0, 1, 2 or 3, got {label!r}")
+            examples.append({**ex, "label": label})
+    return examples
+
+
+def load_examples(path: str | Path | None = None, split: str = "val", cache_dir: str | Path | None = None,
+                  download: bool = True, url: str = DATA_URL) -> list[dict]:
+    """A local file's examples, or a split of the authors' data (downloaded into cache_dir once).
+    Raises HellaSwagUnavailable (one line, saying how to get the file) when it is absent and cannot be downloaded,
+    ValueError for a malformed file."""
+    if path is not None:
+        if not Path(path).is_file():
+            raise HellaSwagUnavailable(f"no such file: {path} - pass a HellaSwag jsonl "
+                                       f"(e.g. {DATA_URL.format(split='val')})")
+        return read_jsonl(path)
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r} - one of {', '.join(SPLITS)}")
+    dest = Path(cache_dir or CACHE_DIR) / f"hellaswag_{split}.jsonl"
+    if not dest.is_file():
+        if not download:
+            raise HellaSwagUnavailable(f"{dest} is missing - download {url.format(split=split)} there, "
+                                       "or pass --data FILE")
+        fetch(url.format(split=split), dest, SPLITS[split])
+    return read_jsonl(dest)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# scoring
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module under torch.compile (`_orig_mod`) and DDP (`module`) wrappers."""
+    while hasattr(model, "_orig_mod") or isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model = getattr(model, "_orig_mod", None) or model.module
+    return model
+
+
+def context_length(model: torch.nn.Module) -> int:
+    """block_size of our GPT, n_positions of a Hugging Face GPT2LMHeadModel."""
+    config = _unwrap(model).config
+    return getattr(config, "block_size", None) or config.n_positions
+
+
+def render(examples: list[dict], block_size: int) -> tuple[list[list[int]], list[int]]:
+    """4 token rows per example (context + " " + ending, cut from the left to block_size) and the number of
+    ending tokens scored in each (the last ones of the row)."""
+    enc = get_tokenizer()
+    ctx = enc.encode_ordinary_batch([ex["ctx"] for ex in examples])
+    ends = enc.encode_ordinary_batch([" " + e for ex in examples for e in ex["endings"]])
+    rows, n_end = [], []
+    for i, end in enumerate(ends):
+        row = (ctx[i // 4] + end)[-block_size:]
+        rows.append(row)
+        n_end.append(min(len(end), len(row) - 1))  # the first token of a row has nothing to predict it
+    return rows, n_end
+
+
+def padded_length(n: int, block_size: int) -> int:
+    """The row length a batch is padded to: a power of two (at least MIN_ROW), at most block_size."""
+    return min(max(MIN_ROW, 1 << (n - 1).bit_length()), block_size)
+
+
+def scored_logits(model: torch.nn.Module, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Logits (positions in mask, vocab) of the model run on tokens (B, T). Our GPT and Hugging Face's
+    GPT2LMHeadModel both end in `lm_head`: a hook hands it only the masked positions, so the output layer (the
+    largest matmul of a small model) skips the context, and no (B, T, vocab) tensor is made. Their forward runs
+    uncompiled here (the masked shape changes every batch); any other model runs as given."""
+    base = _unwrap(model)
+    head = getattr(base, "lm_head", None)
+    if not isinstance(head, torch.nn.Module):
+        out = model(tokens)
+        return (out.logits if hasattr(out, "logits") else out[0])[mask]
+    hook = head.register_forward_pre_hook(lambda module, args: (args[0][mask],))  # (B, T, C) -> (N, C)
+    try:
+        out = base(tokens)
+    finally:
+        hook.remove()
+    return out.logits if hasattr(out, "logits") else out[0]  # (N, vocab)
+
+
+def score(model: torch.nn.Module, examples: list[dict], device: str | torch.device, batch_size: int = 32,
+          autocast_dtype: torch.dtype | None = None, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed cross-entropy of each ending (N, 4) and its token count (N, 4), in the order of examples.
+    Examples are sorted by length and scored batch_size at a time; every batch has the same number of rows."""
+    device = torch.device(device)
+    block = context_length(model)
+    rows, n_end = render(examples, block)
+    n = len(examples)
+    order = sorted(range(n), key=lambda i: max(len(rows[4 * i + j]) for j in range(4)))
+    per_batch = min(batch_size, n)
+    counts = torch.tensor(n_end, dtype=torch.float64).view(n, 4)
+    was_training = model.training
+    model.eval()
+    done = []  # (example ids, their (len(ids), 4) loss sums on device): one copy to the host at the end
+    try:
+        with torch.no_grad(), torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16,
+                                             enabled=autocast_dtype is not None):
+            for start in tqdm(range(0, n, per_batch), desc="hellaswag", unit="batch", disable=not progress):
+                ids = order[start:start + per_batch]
+                batch = [4 * i + j for i in ids for j in range(4)]
+                T = padded_length(max(len(rows[r]) for r in batch), block)
+                tokens = torch.full((4 * per_batch, T), EOT, dtype=torch.long)  # spare rows stay padding
+                mask = torch.zeros(4 * per_batch, T, dtype=torch.bool)  # mask[r, t]: token t+1 is an ending token
+                for k, r in enumerate(batch):
+                    L = len(rows[r])
+                    tokens[k, :L] = torch.tensor(rows[r])
+                    mask[k, L - 1 - n_end[r]:L - 1] = True
+                targets = torch.roll(tokens, -1, dims=1)  # the token each position predicts; wraps only where unmasked
+                tokens, mask, targets = (t.to(device, non_blocking=True) for t in (tokens, mask, targets))
+                picked = scored_logits(model, tokens, mask)[:, :GPT2_VOCAB].float()  # padded vocab ids never occur
+                losses = F.cross_entropy(picked, targets[mask], reduction="none")
+                row = torch.arange(mask.size(0), device=device).view(-1, 1).expand_as(mask)[mask]
+                sums = torch.zeros(mask.size(0), dtype=torch.float64, device=device)
+                sums.index_add_(0, row, losses.double())
+                done.append((ids, sums[:4 * len(ids)].view(-1, 4)))
+    finally:
+        model.train(was_training)
+    loss_sum = torch.zeros(n, 4, dtype=torch.float64)
+    for ids, sums in done:
+        loss_sum[ids] = sums.cpu()
+    return loss_sum, counts
+
+
+def summarize(loss_sum: torch.Tensor, counts: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
+    """(right by the lowest summed loss, right by the lowest mean loss per token)."""
+    correct = int((loss_sum.argmin(dim=1) == labels).sum())
+    correct_norm = int(((loss_sum / counts).argmin(dim=1) == labels).sum())
+    return correct, correct_norm
+
+
+def evaluate(model: torch.nn.Module, examples: list[dict], device: str | torch.device, batch_size: int = 32,
+             rank: int = 0, world_size: int = 1, autocast_dtype: torch.dtype | None = None,
+             progress: bool = False) -> dict:
+    """acc, acc_norm, n, correct, correct_norm over examples. Under DDP every rank calls this and scores
+    examples[rank::world_size]; the counts are summed over ranks, so every rank returns the same totals."""
+    share = examples[rank::world_size]
+    correct = correct_norm = 0
+    if share:
+        loss_sum, counts = score(model, share, device, batch_size, autocast_dtype, progress and rank == 0)
+        correct, correct_norm = summarize(loss_sum, counts, torch.tensor([ex["label"] for ex in share]))
+    totals = [correct, correct_norm, len(share)]
+    if world_size > 1 and dist.is_available() and dist.is_initialized():
+        t = torch.tensor(totals, dtype=torch.long, device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        totals = t.tolist()
+    correct, correct_norm, n = totals
+    return dict(acc=correct / max(n, 1), acc_norm=correct_norm / max(n, 1), n=n, correct=correct,
+                correct_norm=correct_norm)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# main
+
+def pick_device(name: str) -> str:
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
+    if (name == "cuda" and not torch.cuda.is_available()) or (name == "mps" and not mps):
+        fail(f"--device {name} but torch cannot use it here - use --device auto or --device cpu")
+    return name
+
+
+def load(spec: str, device: str) -> torch.nn.Module:
+    """Our GPT from spec on device; one line and exit when it cannot be loaded."""
+    if spec not in HF_NAMES and not Path(spec).exists():
+        fail(f"no such file or folder: {spec} - pass a model_*.pt from train_gpt2.py, a Hugging Face GPT-2 folder "
+             f"or one of {', '.join(HF_NAMES)}")
+    try:
+        return load_model(spec, device)[0]
+    except OSError as e:  # transformers: no network and not cached, or an incomplete folder
+        if spec in HF_NAMES:
+            fail(f"could not download the {spec} weights from the Hugging Face Hub ({first_line(e)}) - connect to "
+                 "the internet once (they are cached), or pass a folder made with save_pretrained")
+        fail(f"could not load {spec}: {first_line(e)}")
+    except (ValueError, RuntimeError, KeyError, TypeError) as e:
+        fail(f"could not load {spec}: {first_line(e)}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = get_args(argv)
+    try:
+        examples = load_examples(args.data, args.split, args.cache_dir, url=args.url)
+    except (HellaSwagUnavailable, ValueError, OSError) as e:
+        fail(first_line(e))
+    examples = examples[:args.limit]
+    if not examples:
+        fail(f"{args.data or args.split} holds no examples")
+    device = pick_device(args.device)
+    model = load(args.model, device)
+    autocast = torch.bfloat16 if device == "cuda" else None
+    print(f"hellaswag.py: {args.model} on {device}, {len(examples)} examples from "
+          f"{args.data or Path(args.cache_dir) / f'hellaswag_{args.split}.jsonl'}", file=sys.stderr)
+
+    t0 = time.perf_counter()
+    loss_sum, counts = score(model, examples, device, args.batch_size, autocast, progress=True)
+    dt = time.perf_counter() - t0
+    labels = torch.tensor([ex["label"] for ex in examples])
+    correct, correct_norm = summarize(loss_sum, counts, labels)
+    n = len(examples)
+    if args.verbose:
+        for i in range(min(n, 5)):
+            ex = examples[i]
+            print(f"--- example {i}: label {ex['label']}\n{ex['ctx']}")
+            for j, ending in enumerate(ex["endings"]):
+                print(f"  {j}: sum {loss_sum[i, j]:7.3f}  mean {loss_sum[i, j] / counts[i, j]:6.3f}  "
+                      f"({int(counts[i, j])} tokens)  {ending}")
+            print(f"  picked {int(loss_sum[i].argmin())} (acc), {int((loss_sum[i] / counts[i]).argmin())} (acc_norm)")
+    print(f"acc {correct / n:.4f} ({correct}/{n})  acc_norm {correct_norm / n:.4f} ({correct_norm}/{n})  "
+          f"{n / dt:.1f} examples/s")
+
+
+if __name__ == "__main__":
+    main()
