@@ -79,7 +79,8 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     opt("--wandb", None, "also log to this Weights & Biases project (needs the wandb package)")
     # checkpoints
     opt("--checkpoint-every", 1000, "save a checkpoint every N steps (and at the end)", type=int)
-    opt("--keep-checkpoints", 3, "keep only the newest N checkpoints (0 = keep all)", type=int)
+    opt("--keep-checkpoints", 3, "keep only the newest N checkpoints, and the last of each run (0 = keep all)",
+        type=int)
     opt("--resume", "auto", "auto (newest valid checkpoint in --log-dir), a checkpoint path, or none")
     # hardware
     opt("--device", "auto", "device", choices=["auto", "cuda", "mps", "cpu"])
@@ -529,14 +530,23 @@ def find_resume(spec: str, log_dir: str) -> tuple[Path, dict] | tuple[None, None
     return None, None
 
 
+def is_final(path: Path) -> bool:
+    """Whether a checkpoint was written at the end of a run (mmap: reads the small pickle, not the tensors)."""
+    try:
+        return bool(torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("final"))
+    except Exception:
+        return False
+
+
 def save_checkpoint(path: Path, state: dict, keep: int) -> None:
-    """Write atomically (a temp file, then rename), then delete all but the newest `keep` checkpoints."""
+    """Write atomically (a temp file, then rename), then delete all but the newest `keep` checkpoints; the one
+    a run ended with (state["final"], e.g. the end of epoch 1 before a second epoch) is never deleted."""
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
     if keep > 0:
         for old in list_checkpoints(path.parent)[:-keep]:
-            if old != path:
+            if old != path and not is_final(old):
                 old.unlink(missing_ok=True)
 
 
@@ -751,7 +761,8 @@ def train(args: argparse.Namespace) -> int:
                 "loader": {"epoch": epoch, "step": in_epoch, "steps_per_epoch": train_data.steps_per_epoch},
                 "rng": {"torch": torch.get_rng_state(),
                         "cuda": torch.cuda.get_rng_state_all() if device.startswith("cuda") else []},
-                "config": vars(args), "model_config": asdict(config), "val_loss": last_val}, args.keep_checkpoints)
+                "config": vars(args), "model_config": asdict(config), "val_loss": last_val,
+                "final": step == last_step}, args.keep_checkpoints)
             print0(f"saved {path}")
             log.event("checkpoint", step=step, path=str(path))
         if world > 1:

@@ -155,6 +155,15 @@ def test_resume_reproduces_uninterrupted_losses(tiny_shards, tmp_path):
     assert sorted(p.name for p in straight.glob("model_*.pt")) == ["model_00005.pt", "model_00006.pt"]
 
 
+def test_rotation_keeps_the_newest_checkpoints_and_every_final_one(tiny_shards, tmp_path):
+    args = ["--data", str(tiny_shards), "--log-dir", str(tmp_path), "--checkpoint-every", "1", "--keep-checkpoints", "1"]
+    assert train(*args, "--max-steps", "2").returncode == 0
+    assert sorted(p.name for p in tmp_path.glob("model_*.pt")) == ["model_00002.pt"]
+    assert train(*args, "--max-steps", "5").returncode == 0  # a continued run rotates its own, not the first's end
+    assert sorted(p.name for p in tmp_path.glob("model_*.pt")) == ["model_00002.pt", "model_00005.pt"]
+    assert torch.load(tmp_path / "model_00005.pt", weights_only=True)["final"] is True
+
+
 def test_two_processes_give_the_same_losses_as_one_with_twice_the_accumulation(tiny_shards, tmp_path):
     args = ["--data", str(tiny_shards), "--max-steps", "3", "--eval-every", "3"]
     one = train(*args, "--log-dir", str(tmp_path / "one"))
