@@ -35,7 +35,7 @@ import fineweb
 
 PRESETS = {  # a preset only changes defaults: an explicit flag always wins
     "demo": dict(data="demo_shards", n_layer=4, n_head=4, n_embd=64, batch_size=8, seq_len=64, total_batch_size=512,
-                 epochs=0.1, lr=3e-3, warmup_steps=10, eval_every=50, val_steps=4, hellaswag_every=100_000,
+                 epochs=0.25, lr=1e-2, warmup_steps=20, eval_every=50, val_steps=4, hellaswag_every=100_000,
                  sample_every=100, checkpoint_every=100, log_dir="log/demo"),
 }
 
@@ -639,6 +639,12 @@ class RunLog:
             except ImportError:
                 print0("train_gpt2.py: notice: --wandb needs the wandb package (pip install wandb); logging to files only")
 
+    def close(self) -> None:
+        """Flush Weights & Biases (its summary holds each series' last value)."""
+        if self.wandb is not None:
+            self.wandb.finish()
+            self.wandb = None
+
     def event(self, event: str, **fields) -> None:
         if not self.active:
             return
@@ -810,6 +816,8 @@ def train(args: argparse.Namespace) -> int:
     except torch.cuda.OutOfMemoryError:
         fail(f"CUDA out of memory at --batch-size {B} - lower --batch-size (gradient accumulation keeps the "
              f"total batch at {args.total_batch_size} tokens)")
+    finally:
+        log.close()
     print0(f"finished {step} steps in {duration(time.time() - start_time)}; final val loss "
            f"{last_val if last_val is None else round(last_val, 4)}")
     log.event("end", step=step, status="finished")

@@ -1,6 +1,7 @@
 """train_gpt2.py: the model against Hugging Face, the data loader, exact resume, DDP, signals, logs, bad input."""
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -23,9 +24,9 @@ TINY = ["--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--seq-len", "32", 
         "--hellaswag-every", "0", "--sample-every", "0", "--device", "cpu", "--no-compile"]
 
 
-def train(*args: str, launcher: list[str] | None = None) -> subprocess.CompletedProcess:
+def train(*args: str, launcher: list[str] | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     cmd = (launcher or [sys.executable]) + [SCRIPT, *TINY, *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
 
 
 def events(log_dir: Path, kind: str) -> list[dict]:
@@ -162,6 +163,18 @@ def test_rotation_keeps_the_newest_checkpoints_and_every_final_one(tiny_shards, 
     assert train(*args, "--max-steps", "5").returncode == 0  # a continued run rotates its own, not the first's end
     assert sorted(p.name for p in tmp_path.glob("model_*.pt")) == ["model_00002.pt", "model_00005.pt"]
     assert torch.load(tmp_path / "model_00005.pt", weights_only=True)["final"] is True
+
+
+def test_wandb_offline_run_receives_the_logged_metrics(tiny_shards, tmp_path):
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    proc = train("--data", str(tiny_shards), "--log-dir", str(tmp_path), "--max-steps", "3", "--eval-every", "3",
+                 "--wandb", "gpt2-test", env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (run,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")  # what `wandb sync` would upload
+    records = run.read_bytes()  # protobuf records: the keys and JSON values are stored as plain bytes
+    assert b"train/loss" in records and b"val/loss" in records and b"train/tok_per_s" in records
+    for r in events(tmp_path, "train") + events(tmp_path, "val"):
+        assert json.dumps(r["loss"]).encode() in records
 
 
 def test_two_processes_give_the_same_losses_as_one_with_twice_the_accumulation(tiny_shards, tmp_path):
