@@ -44,7 +44,8 @@ SPLITS = {
     "val": (10042, 12246618, "0aa3b88843990f3f10a97b9575c94d7b71fb2205240ba04ae4884d9e9c992588"),
     "test": (10003, 11752147, "da082b00543e422b8d25394614d102944586986def4de5cd1bd36d86bcb76261"),
 }
-MIN_ROW = 32  # padded row lengths are powers of two from here up to the model's block_size
+VOCAB_BLOCK = 2048  # token rows of the output layer per matmul when scoring (with 256 positions: 2 MB of logits)
+ROW_STEP = 32  # rows are padded to a multiple of this (block_size / 32 shapes at most: 32 for GPT-2)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -209,26 +210,50 @@ def render(examples: list[dict], block_size: int) -> tuple[list[list[int]], list
 
 
 def padded_length(n: int, block_size: int) -> int:
-    """The row length a batch is padded to: a power of two (at least MIN_ROW), at most block_size."""
-    return min(max(MIN_ROW, 1 << (n - 1).bit_length()), block_size)
+    """The row length a batch is padded to: a multiple of ROW_STEP, at most block_size. (Examples are scored in
+    order of length, so a batch's rows are alike and little of the padding is computed in vain.)"""
+    return min(-(-n // ROW_STEP) * ROW_STEP, block_size)
 
 
-def scored_logits(model: torch.nn.Module, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Logits (positions in mask, vocab) of the model run on tokens (B, T). Our GPT and Hugging Face's
-    GPT2LMHeadModel both end in `lm_head`: a hook hands it only the masked positions, so the output layer (the
-    largest matmul of a small model) skips the context, and no (B, T, vocab) tensor is made. Their forward runs
-    uncompiled here (the masked shape changes every batch); any other model runs as given."""
+def ending_losses(model: torch.nn.Module, tokens: torch.Tensor, mask: torch.Tensor, targets: torch.Tensor,
+                  chunk: int = 256) -> torch.Tensor:
+    """Cross-entropy (N,) of the model run on tokens (B, T) at the N positions in mask, predicting targets[mask].
+
+    Our GPT and Hugging Face's GPT2LMHeadModel both end in `lm_head`: a hook takes the hidden states at the masked
+    positions and hands the head an empty batch, and the output layer (the largest matmul of a small model) then
+    runs only on those positions, `chunk` rows at a time against GPT-2's 50257 real token rows, in vocabulary
+    blocks whose log-sum-exp is combined: on CPU twice as fast as making one (N, vocab) tensor of hundreds of MB.
+    Their forward runs uncompiled here (the masked shape changes every batch); any other model runs as given, on
+    every position."""
     base = _unwrap(model)
     head = getattr(base, "lm_head", None)
-    if not isinstance(head, torch.nn.Module):
+    if not isinstance(head, torch.nn.Linear):
         out = model(tokens)
-        return (out.logits if hasattr(out, "logits") else out[0])[mask]
-    hook = head.register_forward_pre_hook(lambda module, args: (args[0][mask],))  # (B, T, C) -> (N, C)
+        logits = (out.logits if hasattr(out, "logits") else out[0])[mask][:, :GPT2_VOCAB]
+        return F.cross_entropy(logits.float(), targets[mask], reduction="none")
+    picked = []
+
+    def take(module, args):  # (B, T, C) -> keep (N, C); the head itself then gets (0, C)
+        picked.append(args[0][mask])
+        return (args[0].reshape(-1, args[0].size(-1))[:0],)
+
+    hook = head.register_forward_pre_hook(take)
     try:
-        out = base(tokens)
+        base(tokens)
     finally:
         hook.remove()
-    return out.logits if hasattr(out, "logits") else out[0]  # (N, vocab)
+    weight = head.weight[:GPT2_VOCAB]  # the padded ids of our vocab never occur; a row slice stays contiguous
+    bias = head.bias if head.bias is not None else weight.new_zeros(len(head.weight))
+    bias = bias[:GPT2_VOCAB]
+    losses = []
+    for h, y in zip(picked[0].split(chunk), targets[mask].split(chunk)):  # (n, C) hidden states, (n,) targets
+        lse = None  # log-sum-exp over the vocabulary, a block of VOCAB_BLOCK token rows at a time: the (n, block)
+        for w, b in zip(weight.split(VOCAB_BLOCK), bias.split(VOCAB_BLOCK)):  # logits stay in cache
+            part = torch.logsumexp(F.linear(h, w, b).float(), dim=1)
+            lse = part if lse is None else torch.logaddexp(lse, part)
+        target = (h.unsqueeze(1) @ weight[y].unsqueeze(2)).view(-1).float() + bias[y]  # each target's logit
+        losses.append(lse - target)  # = cross-entropy
+    return torch.cat(losses)
 
 
 def score(model: torch.nn.Module, examples: list[dict], device: str | torch.device, batch_size: int = 32,
@@ -252,16 +277,15 @@ def score(model: torch.nn.Module, examples: list[dict], device: str | torch.devi
                 ids = order[start:start + per_batch]
                 batch = [4 * i + j for i in ids for j in range(4)]
                 T = padded_length(max(len(rows[r]) for r in batch), block)
-                tokens = torch.full((4 * per_batch, T), EOT, dtype=torch.long)  # spare rows stay padding
-                mask = torch.zeros(4 * per_batch, T, dtype=torch.bool)  # mask[r, t]: token t+1 is an ending token
-                for k, r in enumerate(batch):
-                    L = len(rows[r])
-                    tokens[k, :L] = torch.tensor(rows[r])
-                    mask[k, L - 1 - n_end[r]:L - 1] = True
+                spare = 4 * per_batch - len(batch)  # the last batch is filled up with rows of padding
+                tokens = torch.tensor([rows[r] + [EOT] * (T - len(rows[r])) for r in batch] + [[EOT] * T] * spare)
+                lengths = torch.tensor([len(rows[r]) for r in batch] + [0] * spare).view(-1, 1)
+                ends = torch.tensor([n_end[r] for r in batch] + [0] * spare).view(-1, 1)
+                pos = torch.arange(T).view(1, -1)
+                mask = (pos < lengths - 1) & (pos >= lengths - 1 - ends)  # mask[r, t]: token t+1 is an ending token
                 targets = torch.roll(tokens, -1, dims=1)  # the token each position predicts; wraps only where unmasked
                 tokens, mask, targets = (t.to(device, non_blocking=True) for t in (tokens, mask, targets))
-                picked = scored_logits(model, tokens, mask)[:, :GPT2_VOCAB].float()  # padded vocab ids never occur
-                losses = F.cross_entropy(picked, targets[mask], reduction="none")
+                losses = ending_losses(model, tokens, mask, targets)
                 row = torch.arange(mask.size(0), device=device).view(-1, 1).expand_as(mask)[mask]
                 sums = torch.zeros(mask.size(0), dtype=torch.float64, device=device)
                 sums.index_add_(0, row, losses.double())

@@ -4,7 +4,7 @@ common approach (one example per forward: its 4 rows padded to the longest, cros
 Randomly initialised model and synthetic HellaSwag-like examples cut from text that ships with Python, so no
 download (or --data FILE for the real validation set).
 
-    python bench/bench_hellaswag.py                                   # demo model (4 layers, 128 wide) on cpu
+    python bench/bench_hellaswag.py                                   # the --preset demo model (4 layers, 64 wide, 64-token window), cpu
     python bench/bench_hellaswag.py --model d12 --device cuda         # GPT-2 124M, 10042 examples, bf16
     python bench/bench_hellaswag.py --model d12 --device cuda --compile --data hellaswag/hellaswag_val.jsonl
 
@@ -23,9 +23,9 @@ from torch.nn import functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import hellaswag  # noqa: E402
 from fineweb import get_tokenizer  # noqa: E402
-from train_gpt2 import GPT, GPTConfig, MODEL_SIZES  # noqa: E402
+from train_gpt2 import GPT, GPTConfig, MODEL_SIZES, PRESETS  # noqa: E402
 
-DEMO = (4, 4, 128, 256)  # n_layer, n_head, n_embd, block_size of the --model demo size
+DEMO = tuple(PRESETS["demo"][k] for k in ("n_layer", "n_head", "n_embd", "seq_len"))  # train_gpt2.py --preset demo
 
 
 def synthetic_examples(n: int, seed: int = 0) -> list[dict]:
@@ -55,7 +55,8 @@ def one_at_a_time(model: GPT, examples: list[dict], device: str, autocast: torch
             end = enc.encode_ordinary(" " + ending)
             row = (ctx + end)[-block:]
             rows.append(row)
-            masks.append([0] * (len(row) - len(end)) + [1] * len(end))
+            n = min(len(end), len(row) - 1)  # an ending longer than the window: all of it but the first token
+            masks.append([0] * (len(row) - n) + [1] * n)
         T = max(len(r) for r in rows)
         tokens = torch.tensor([r + [0] * (T - len(r)) for r in rows], device=device)
         mask = torch.tensor([m + [0] * (T - len(m)) for m in masks], device=device)
