@@ -246,14 +246,14 @@ def hf_documents(dataset: str, name: str | None, text_column: str) -> Iterator[s
         first = next(batches, None)
     except Exception as e:  # the hub and the file readers raise many kinds; a person needs the first line
         where = "the Hugging Face Hub" if files is None else "local files"
-        fail(f"could not read dataset {dataset!r} from {where}: {_first_line(e)}")
+        fail(f"could not read dataset {dataset!r} from {where}: {first_line(e)}")
     if first is not None and text_column not in first:
         fail(f"dataset {dataset!r} has no column {text_column!r} (columns: {', '.join(first)}); use --text-column")
     rest = batches if first is not None else iter(())
     return (text or "" for batch in itertools.chain([first] if first else [], rest) for text in batch[text_column])
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0][:300] if text else type(e).__name__
 
@@ -440,7 +440,7 @@ def build_shards(args: argparse.Namespace, docs: Iterable[str] | None = None) ->
         fail(f"interrupted; {state['shards']} finished shards kept in {out}. Run the same command again to resume.")
     except Exception as e:  # e.g. the network dropped mid-stream: finished shards stay, a rerun resumes
         bar.close()
-        fail(f"reading the dataset failed ({_first_line(e)}); {state['shards']} finished shards kept in {out}. "
+        fail(f"reading the dataset failed ({first_line(e)}); {state['shards']} finished shards kept in {out}. "
              "Run the same command again to resume.")
     bar.close()
     if tokens == 0:

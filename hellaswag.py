@@ -30,8 +30,8 @@ import torch.distributed as dist
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from fineweb import EOT, get_tokenizer
-from train_gpt2 import GPT2_VOCAB, HF_NAMES, load_model
+from fineweb import EOT, first_line, get_tokenizer
+from train_gpt2 import GPT2_VOCAB, HF_NAMES, load_model, pick_device
 
 # ----------------------------------------------------------------------------------------------------------------------
 # config
@@ -79,10 +79,6 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
 def fail(msg: str) -> None:
     sys.exit(f"hellaswag.py: {msg}")
 
-
-def first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return (lines[0] if lines else type(e).__name__)[:300]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -328,15 +324,6 @@ def evaluate(model: torch.nn.Module, examples: list[dict], device: str | torch.d
 # ----------------------------------------------------------------------------------------------------------------------
 # main
 
-def pick_device(name: str) -> str:
-    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
-    if (name == "cuda" and not torch.cuda.is_available()) or (name == "mps" and not mps):
-        fail(f"--device {name} but torch cannot use it here - use --device auto or --device cpu")
-    return name
-
-
 def load(spec: str, device: str) -> torch.nn.Module:
     """Our GPT from spec on device; one line and exit when it cannot be loaded."""
     if spec not in HF_NAMES and not Path(spec).exists():
@@ -362,7 +349,10 @@ def main(argv: list[str] | None = None) -> None:
     examples = examples[:args.limit]
     if not examples:
         fail(f"{args.data or args.split} holds no examples")
-    device = pick_device(args.device)
+    try:
+        device = pick_device(args.device)
+    except ValueError as e:
+        fail(str(e))
     model = load(args.model, device)
     autocast = torch.bfloat16 if device == "cuda" else None
     print(f"hellaswag.py: {args.model} on {device}, {len(examples)} examples from "

@@ -25,8 +25,8 @@ from urllib.parse import urlparse
 import torch
 from tqdm import tqdm
 
-from fineweb import get_tokenizer
-from train_gpt2 import GPT, GPT2_VOCAB, GPTConfig, HF_NAMES, generate, load_model
+from fineweb import first_line, get_tokenizer
+from train_gpt2 import GPT, GPT2_VOCAB, GPTConfig, HF_NAMES, generate, load_model, pick_device
 
 # ----------------------------------------------------------------------------------------------------------------------
 # config
@@ -64,24 +64,9 @@ def fail(msg: str) -> None:
     sys.exit(f"infer.py: {msg}")
 
 
-def first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return (lines[0] if lines else type(e).__name__)[:300]
-
 
 # ----------------------------------------------------------------------------------------------------------------------
 # loading
-
-def pick_device(name: str) -> str:
-    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        fail("--device cuda but torch sees no CUDA GPU - use --device auto or --device cpu")
-    if name == "mps" and not mps:
-        fail("--device mps but this torch has no Apple GPU backend - use --device auto or --device cpu")
-    return name
-
 
 def resolve_checkpoint(spec: str) -> str:
     """A log dir becomes its newest model_*.pt (highest step); anything else is passed on as it is."""
@@ -252,7 +237,10 @@ def main(argv: list[str] | None = None) -> None:
             fail("the prompt is empty - pass some text to continue")
 
     spec = resolve_checkpoint(args.checkpoint)
-    device = pick_device(args.device)
+    try:
+        device = pick_device(args.device)
+    except ValueError as e:
+        fail(str(e))
     model, _ = load(spec, device)
     enc = get_tokenizer()
     tokens = enc.encode(prompt or "", allowed_special={"<|endoftext|>"})

@@ -577,15 +577,26 @@ def print0(*args, **kwargs) -> None:
         print(*args, **kwargs, flush=True)
 
 
+def pick_device(name: str) -> str:
+    """--device auto|cuda|mps|cpu -> the device to use (auto prefers cuda, then mps, then cpu). ValueError with a
+    one-line reason when the one asked for is not usable here. (hellaswag.py and infer.py use it too.)"""
+    mps = torch.backends.mps.is_available()
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda, but torch sees no CUDA GPU - check nvidia-smi, or use --device cpu")
+    if name == "mps" and not mps:
+        raise ValueError("--device mps, but this torch has no MPS support - use --device cpu")
+    return name
+
+
 def setup_distributed(device: str) -> tuple[int, int, int, str, bool]:
     """(rank, local rank, world size, device, is_master). Under torchrun: NCCL on CUDA, Gloo elsewhere; the
     device comes from LOCAL_RANK (the process on this node), the data slice from RANK of WORLD_SIZE."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        fail("--device cuda, but torch sees no CUDA GPU - check nvidia-smi, or use --device cpu")
-    if device == "mps" and not torch.backends.mps.is_available():
-        fail("--device mps, but this torch has no MPS support - use --device cpu")
+    try:
+        device = pick_device(device)
+    except ValueError as e:
+        fail(str(e))
     if "RANK" not in os.environ:
         return 0, 0, 1, device, True
     rank, local_rank, world = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])

@@ -23,7 +23,7 @@ from torch.nn import functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import hellaswag  # noqa: E402
 from fineweb import get_tokenizer  # noqa: E402
-from train_gpt2 import GPT, GPTConfig, MODEL_SIZES, PRESETS  # noqa: E402
+from train_gpt2 import GPT, GPTConfig, MODEL_SIZES, PRESETS, pick_device  # noqa: E402
 
 DEMO = tuple(PRESETS["demo"][k] for k in ("n_layer", "n_head", "n_embd", "seq_len"))  # train_gpt2.py --preset demo
 
@@ -88,7 +88,7 @@ def main() -> None:
                    help="torch.compile the model first (the batched run is then timed on a second pass)")
     args = p.parse_args()
 
-    device = hellaswag.pick_device(args.device)
+    device = pick_device(args.device)
     autocast = torch.bfloat16 if device == "cuda" else None
     n = args.examples or (10042 if device == "cuda" else 256)
     n_base = min(n, args.baseline_examples or (500 if device == "cuda" else n))

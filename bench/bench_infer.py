@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import infer  # noqa: E402
 from fineweb import get_tokenizer  # noqa: E402
-from train_gpt2 import GPT, GPTConfig, MODEL_SIZES  # noqa: E402
+from train_gpt2 import GPT, GPTConfig, MODEL_SIZES, pick_device  # noqa: E402
 
 
 def timed_sample(model: GPT, prompt: list[int], args: argparse.Namespace, use_cache: bool,
@@ -41,7 +41,7 @@ def main() -> None:
                    help="also time full recompute (--no-full for a quick run of the cache path only)")
     args = p.parse_args()
 
-    device = infer.pick_device(args.device)
+    device = pick_device(args.device)
     n_layer, n_head, n_embd = MODEL_SIZES[args.model]
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd)).to(device).eval()
