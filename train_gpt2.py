@@ -478,7 +478,8 @@ def load_hellaswag(path: str | None, is_master: bool) -> tuple[object, list | No
     try:
         examples = hellaswag.load_examples(path)
     except hellaswag.HellaSwagUnavailable as e:
-        print0(f"train_gpt2.py: notice: {e} - training without HellaSwag evals")
+        how = str(e).replace("--data FILE", "--hellaswag-data FILE")  # the option's name here
+        print0(f"train_gpt2.py: notice: {how} - training without HellaSwag evals")
         examples = None
     if dist.is_initialized() and is_master:
         dist.barrier()

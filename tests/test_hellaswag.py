@@ -84,6 +84,17 @@ def test_batched_scores_match_one_example_at_a_time_hf_reference(tiny_hf_dir, ti
         assert result["acc"] == correct / len(examples) and result["acc_norm"] == correct_norm / len(examples)
 
 
+def test_ending_losses_in_blocks_equal_cross_entropy_of_the_full_logits(tiny_gpt):
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 50257, (6, 40), generator=g)
+    mask = torch.rand(6, 40, generator=g) < 0.5
+    targets = torch.randint(0, 50257, (6, 40), generator=g)
+    with torch.no_grad():
+        full = torch.nn.functional.cross_entropy(tiny_gpt(tokens)[0][mask], targets[mask], reduction="none")
+        for chunk in (7, 256):  # several row chunks, and one
+            assert torch.allclose(hellaswag.ending_losses(tiny_gpt, tokens, mask, targets, chunk), full, atol=1e-4)
+
+
 def test_batch_size_does_not_change_scores_and_train_mode_is_restored(tiny_gpt):
     examples = make_examples(8, seed=2, long_every=8)
     one = hellaswag.score(tiny_gpt, examples, "cpu", batch_size=1)

@@ -56,6 +56,18 @@ def test_model_matches_hugging_face_gpt2_logits(tiny_hf_dir):
     assert diff < 1e-4
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_decoding_path_computes_the_same_product(bias):
+    layer = train_gpt2.Linear(48, 96, bias=bias)
+    for rows in ((3, 1, 48), (2, 16, 48), (5, 48), (40, 48)):  # a decoding step, 32 rows, 2-D, past 32 rows
+        x = torch.randn(rows)
+        with torch.no_grad():
+            assert torch.allclose(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias), atol=1e-5)
+    x = torch.randn(2, 1, 48, requires_grad=True)
+    layer(x).sum().backward()  # with autograd the ordinary path runs and gradients flow
+    assert x.grad is not None and layer.weight.grad is not None
+
+
 def test_lr_warms_up_decays_to_ten_percent_and_a_second_epoch_does_not_warm_up_again():
     args = train_gpt2.get_args(["--lr", "1e-3", "--warmup-steps", "10"])
     assert get_lr(0, 100, args) == pytest.approx(1e-4) and get_lr(9, 100, args) == pytest.approx(1e-3)
