@@ -14,19 +14,15 @@ model came from, the device and the speed go to stderr.
 
 import argparse
 import codecs
-import os
-import re
-import socket
 import sys
 import time
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 from tqdm import tqdm
 
-from fineweb import first_line, get_tokenizer
-from train_gpt2 import GPT, GPT2_VOCAB, GPTConfig, HF_NAMES, generate, load_model, pick_device
+from fineweb import get_tokenizer
+from train_gpt2 import GPT, GPT2_VOCAB, HF_NAMES, generate, list_checkpoints, load_model, pick_device
 
 # ----------------------------------------------------------------------------------------------------------------------
 # config
@@ -72,10 +68,7 @@ def resolve_checkpoint(spec: str) -> str:
     """A log dir becomes its newest model_*.pt (highest step); anything else is passed on as it is."""
     path = Path(spec)
     if path.is_dir() and not (path / "config.json").exists():
-        def step(p: Path) -> tuple[int, float]:
-            m = re.fullmatch(r"model_(\d+)\.pt", p.name)
-            return (int(m.group(1)) if m else -1, p.stat().st_mtime)
-        ckpts = sorted(path.glob("model_*.pt"), key=step)
+        ckpts = list_checkpoints(path)  # by step
         if not ckpts:
             fail(f"{spec} holds no model_*.pt checkpoint and no config.json - "
                  "pass a checkpoint file, a train_gpt2.py log dir or a Hugging Face GPT-2 folder")
@@ -86,49 +79,12 @@ def resolve_checkpoint(spec: str) -> str:
     return spec
 
 
-def _hub_unreachable() -> bool:
-    """True when the Hub's host cannot be reached directly (no proxy set): then the Hub client would spend about
-    half a minute retrying, so we go offline at once and use only the local cache."""
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return False
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        socket.create_connection((url.hostname, url.port or 443), timeout=5).close()
-        return False
-    except OSError:
-        return True
-
-
-def _load_prefixed(path: str, device: str) -> tuple[GPT, dict]:
-    """A checkpoint whose keys still carry torch.compile's `_orig_mod.` or DDP's `module.` prefixes."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    state = {re.sub(r"^((_orig_mod|module)\.)+", "", k): v for k, v in ckpt["model"].items()}
-    model = GPT(GPTConfig(**ckpt["model_config"]))
-    model.load_state_dict(state)
-    return model.to(device).eval(), ckpt.get("config", {})
-
-
 def load(spec: str, device: str) -> tuple[GPT, dict]:
     """(model in eval mode on device, its training config or {}); exits with one line when spec is unusable."""
-    hub = spec in HF_NAMES and not Path(spec).exists()
-    if hub and "HF_HUB_OFFLINE" not in os.environ and _hub_unreachable():
-        os.environ["HF_HUB_OFFLINE"] = "1"  # read when huggingface_hub is first imported, which is below
     try:
         return load_model(spec, device)
-    except OSError as e:  # transformers: no network and not cached, or an incomplete folder
-        if hub:
-            fail(f"could not download the {spec} weights from the Hugging Face Hub ({first_line(e)}) - "
-                 "connect to the internet once (they are cached), or pass a folder made with save_pretrained")
-        fail(f"could not load {spec}: {first_line(e)}")
     except ValueError as e:
-        fail(first_line(e))
-    except (RuntimeError, TypeError, KeyError) as e:  # the weights or config do not fit train_gpt2.GPT
-        if isinstance(e, RuntimeError) and re.search(r"\b(_orig_mod|module)\.", str(e)):
-            try:
-                return _load_prefixed(spec, device)
-            except (RuntimeError, TypeError, KeyError) as e2:
-                e = e2
-        fail(f"{spec} does not fit train_gpt2.GPT ({type(e).__name__}: {first_line(e)})")
+        fail(str(e))
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -489,23 +489,49 @@ def load_hellaswag(path: str | None, is_master: bool) -> tuple[object, list | No
 # ----------------------------------------------------------------------------------------------------------------------
 # checkpointing
 
+def _hub_unreachable() -> bool:
+    """True when the Hugging Face Hub cannot be reached directly (and no proxy is set): the Hub client would then
+    spend about half a minute retrying before it fails, so loading goes offline at once and uses only the cache."""
+    import socket
+    from urllib.parse import urlparse
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=5).close()
+        return False
+    except OSError:
+        return True
+
+
 def load_model(spec: str, device: str | torch.device = "cpu") -> tuple[GPT, dict]:
     """A GPT from a checkpoint file written by this script, an OpenAI name (gpt2 ... gpt2-xl) or a Hugging Face
     GPT-2 folder. Returns (model in eval mode on device, the checkpoint's training config or {}).
-    Raises ValueError with a one-line reason when spec is none of those."""
+    Raises ValueError with a one-line reason when spec cannot be loaded. (hellaswag.py and infer.py use it.)"""
     path = Path(spec)
-    if path.is_dir() and (path / "config.json").exists() or spec in HF_NAMES:
-        return GPT.from_pretrained(spec).to(device).eval(), {}
+    hub = spec in HF_NAMES and not path.exists()
+    if hub or path.is_dir() and (path / "config.json").exists():
+        if hub and "HF_HUB_OFFLINE" not in os.environ and _hub_unreachable():
+            os.environ["HF_HUB_OFFLINE"] = "1"  # read when huggingface_hub is first imported, in from_pretrained
+        try:
+            return GPT.from_pretrained(spec).to(device).eval(), {}
+        except OSError as e:  # no network and not cached, or an incomplete folder
+            if hub:
+                raise ValueError(f"could not download the {spec} weights from the Hugging Face Hub "
+                                 f"({fineweb.first_line(e)}) - connect to the internet once (they are cached), or "
+                                 "pass a folder made with save_pretrained") from None
+            raise ValueError(f"could not load {spec}: {fineweb.first_line(e)}") from None
     if not path.is_file():
         raise ValueError(f"no such checkpoint: {spec}")
+    ckpt = read_checkpoint(path, training=False)
+    # keys saved from a torch.compile'd or DDP-wrapped model by other scripts carry these prefixes
+    state = {re.sub(r"^((_orig_mod|module)\.)+", "", k): v for k, v in ckpt["model"].items()}
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{spec} is not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
-        raise ValueError(f"{spec} is not a train_gpt2.py checkpoint (no 'model' / 'model_config' entries)")
-    model = GPT(GPTConfig(**ckpt["model_config"]))
-    model.load_state_dict(ckpt["model"])
+        model = GPT(GPTConfig(**ckpt["model_config"]))
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, KeyError) as e:
+        raise ValueError(f"could not load {spec}: its weights do not fit train_gpt2.GPT "
+                         f"({type(e).__name__}: {fineweb.first_line(e)})") from None
     return model.to(device).eval(), ckpt.get("config", {})
 
 
@@ -518,15 +544,17 @@ def list_checkpoints(log_dir: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: int(CKPT_NAME.match(p.name).group(1)))
 
 
-def read_checkpoint(path: Path) -> dict:
-    """A training checkpoint of this script, or ValueError with a one-line reason."""
+def read_checkpoint(path: Path, training: bool = True) -> dict:
+    """A checkpoint of this script (with what resuming needs, when training), or ValueError with a one-line reason."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, foreign pickle, ...: a person needs the first line
-        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
-    needed = ("model", "model_config", "optimizer", "step", "config")
+        raise ValueError(f"could not load {path}: not a readable checkpoint ({type(e).__name__}: "
+                         f"{fineweb.first_line(e)[:200]})") from None
+    needed = ("model", "model_config", "optimizer", "step", "config") if training else ("model", "model_config")
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in needed):
-        raise ValueError(f"{path} is not a train_gpt2.py training checkpoint (needs {', '.join(needed)})")
+        raise ValueError(f"could not load {path}: not a train_gpt2.py {'training ' if training else ''}checkpoint "
+                         f"(it needs {', '.join(needed)})")
     return ckpt
 
 
