@@ -186,10 +186,11 @@ plan_pod() {
         pod_reason="training exited with code $rc - stopping (not removing) pod $RUNPOD_POD_ID so its log can be read"
         return
     fi
-    log_dir_under_mount || true
+    local on_volume=0
+    log_dir_under_mount && on_volume=1
     if [[ -z ${RUNPOD_VOLUME_ID:-} ]]; then
         pod_reason="no network volume (RUNPOD_VOLUME_ID is not set): removing pod $RUNPOD_POD_ID would delete the checkpoints in $log_real - stopping it instead"
-    elif ! log_dir_under_mount; then
+    elif ((!on_volume)); then
         pod_reason="log dir $log_real is not on the network volume at $mount_real: removing pod $RUNPOD_POD_ID would delete it - stopping it instead"
     else
         pod_action=remove
@@ -218,6 +219,15 @@ end_pod() {
 
 # --- training, then the pod decision (runs detached unless --foreground) ---
 
+# Run a command, its output also appended to the log file in --foreground mode; returns its exit code.
+run_logged() {
+    if [[ -n ${tee_log:-} ]]; then
+        "$@" 2>&1 | tee -ia "$tee_log"
+        return "${PIPESTATUS[0]}"
+    fi
+    "$@"
+}
+
 run_and_end() {
     local rc=0
     trap : INT TERM HUP  # training handles the signal (saves and exits); this script goes on to the pod decision
@@ -225,19 +235,11 @@ run_and_end() {
     say "train.sh: $(date '+%Y-%m-%d %H:%M:%S') on ${HOSTNAME:-this machine}, log dir $log_dir"
     if ! have_shards; then
         say "train.sh: running ${prep_cmd[*]}"
-        if [[ -n ${tee_log:-} ]]; then
-            "${prep_cmd[@]}" 2>&1 | tee -ia "$tee_log" || rc=${PIPESTATUS[0]}
-        else
-            "${prep_cmd[@]}" || rc=$?
-        fi
+        run_logged "${prep_cmd[@]}" || rc=$?
     fi
     if ((rc == 0)); then
         say "train.sh: running ${cmd[*]}"
-        if [[ -n ${tee_log:-} ]]; then
-            "${cmd[@]}" 2>&1 | tee -ia "$tee_log" || rc=${PIPESTATUS[0]}
-        else
-            "${cmd[@]}" || rc=$?
-        fi
+        run_logged "${cmd[@]}" || rc=$?
     fi
     say "train.sh: $(date '+%Y-%m-%d %H:%M:%S') training ended with exit code $rc"
     end_pod "$rc"
