@@ -27,9 +27,38 @@ import re
 import sys
 import sysconfig
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, NoReturn
 
 import numpy as np
+
+# ----------------------------------------------------------------------------------------------------------------------
+# command-line plumbing that every script of the kit shares (this file is the one they all import)
+
+class UserError(ValueError):
+    """A problem the person running the script can fix, in one line that says how. Helpers raise it; each script's
+    main() turns it into `script.py: message` and exit status 1 (fail). Tracebacks are kept for bugs."""
+
+
+def fail(script: str, message: object) -> NoReturn:
+    """Print `script: message` on stderr and exit with status 1."""
+    sys.exit(f"{script}: {message}")
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (at most 300 characters), or its type when it has none."""
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows the module docstring as written, and each option's default."""
+
+
+def add_device_option(p: argparse.ArgumentParser) -> None:
+    """--device, the same for every script (train_gpt2.pick_device turns it into a device)."""
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"],
+                   help="auto prefers cuda, then mps, then cpu")
+
 
 # ----------------------------------------------------------------------------------------------------------------------
 # config
@@ -68,15 +97,13 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def fail(msg: str) -> None:
-    """One clear line and a non-zero exit, for errors a person can act on."""
-    sys.exit(f"fineweb.py: {msg}")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # GPT-2 tokenizer, offline
 
 EOT = 50256  # <|endoftext|>
+GPT2_VOCAB = 50257  # token ids 0..50256; models may pad their embedding past it
 # sha256 of OpenAI's GPT-2 BPE files, the same hashes tiktoken checks its downloads against
 VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"
 ENCODER_JSON_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
@@ -177,16 +204,16 @@ def read_shard(path: str | Path) -> np.ndarray:
     if path.suffix == ".bin":
         header = np.fromfile(path, dtype=np.int32, count=BIN_HEADER_INTS)
         if len(header) < 3 or header[0] != BIN_MAGIC or header[1] != BIN_VERSION:
-            raise ValueError(f"{path} is not an llm.c token shard (bad magic or version in its header)")
+            raise UserError(f"{path} is not an llm.c token shard (bad magic or version in its header)")
         n = int(header[2])
         expected = BIN_HEADER_INTS * 4 + 2 * n
         if path.stat().st_size != expected:
-            raise ValueError(f"{path} is truncated or corrupt: header says {n} tokens ({expected} bytes), "
+            raise UserError(f"{path} is truncated or corrupt: header says {n} tokens ({expected} bytes), "
                              f"file has {path.stat().st_size} bytes")
         return np.memmap(path, dtype=np.uint16, mode="r", offset=BIN_HEADER_INTS * 4, shape=(n,))
     tokens = np.load(path, mmap_mode="r")
     if tokens.dtype != np.uint16 or tokens.ndim != 1:
-        raise ValueError(f"{path} is not a token shard (expected 1-D uint16, got {tokens.ndim}-D {tokens.dtype})")
+        raise UserError(f"{path} is not a token shard (expected 1-D uint16, got {tokens.ndim}-D {tokens.dtype})")
     return tokens
 
 
@@ -213,16 +240,16 @@ def _local_files(dataset: str) -> list[Path] | None:
     if not looks_local:
         return None
     if not path.exists():
-        fail(f"no such file or folder: {dataset}")
+        raise UserError(f"no such file or folder: {dataset}")
     files = sorted(p for p in (path.rglob("*") if path.is_dir() else [path]) if p.is_file()
                    and p.suffix in LOCAL_BUILDERS and not p.name.startswith("."))
     if not files:
-        fail(f"no .parquet, .jsonl, .json or .txt files in {dataset}")
+        raise UserError(f"no .parquet, .jsonl, .json or .txt files in {dataset}")
     if all(p.stat().st_size == 0 for p in files):
-        fail(f"{dataset} is empty: the input has no documents")
+        raise UserError(f"{dataset} is empty: the input has no documents")
     kinds = {LOCAL_BUILDERS[p.suffix] for p in files}
     if len(kinds) > 1:
-        fail(f"{dataset} mixes file types ({', '.join(sorted(kinds))}); point --dataset at one kind")
+        raise UserError(f"{dataset} mixes file types ({', '.join(sorted(kinds))}); point --dataset at one kind")
     return files
 
 
@@ -256,16 +283,11 @@ def hf_documents(dataset: str, name: str | None, text_column: str) -> Iterator[s
         first = next(batches, None)
     except Exception as e:  # the hub and the file readers raise many kinds; a person needs the first line
         where = "the Hugging Face Hub" if files is None else "local files"
-        fail(f"could not read dataset {dataset!r} from {where}: {first_line(e)}")
+        raise UserError(f"could not read dataset {dataset!r} from {where}: {first_line(e)}") from None
     if first is not None and text_column not in first:
-        fail(f"dataset {dataset!r} has no column {text_column!r} (columns: {', '.join(first)}); use --text-column")
+        raise UserError(f"dataset {dataset!r} has no column {text_column!r} (columns: {', '.join(first)}); use --text-column")
     rest = batches if first is not None else iter(())
     return (text or "" for batch in itertools.chain([first] if first else [], rest) for text in batch[text_column])
-
-
-def first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:300] if text else type(e).__name__
 
 
 def demo_documents() -> list[str]:
@@ -372,14 +394,14 @@ def _load_state(out: Path, config: dict) -> dict:
     path = out / STATE_FILE
     if not path.exists():
         if any(out.glob(f"{SHARD_PREFIX}_*.npy")):
-            fail(f"{out} has shards but no {STATE_FILE}; use an empty --out folder or delete those shards")
+            raise UserError(f"{out} has shards but no {STATE_FILE}; use an empty --out folder or delete those shards")
         return fresh
     try:
         state = json.loads(path.read_text())
     except json.JSONDecodeError:
-        fail(f"{path} is corrupt; delete {out} and start again")
+        raise UserError(f"{path} is corrupt; delete {out} and start again") from None
     if state.get("config") != config:
-        fail(f"{out} holds shards made with different settings ({state.get('config')}); use another --out")
+        raise UserError(f"{out} holds shards made with different settings ({state.get('config')}); use another --out")
     return state
 
 
@@ -395,7 +417,7 @@ def build_shards(args: argparse.Namespace, docs: Iterable[str] | None = None) ->
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
-        fail(f"cannot write to output folder {out}: {e.strerror}")
+        raise UserError(f"cannot write to output folder {out}: {e.strerror}") from None
     config = _source_config(args)
     state = _load_state(out, config)
     if state["done"]:
@@ -447,25 +469,29 @@ def build_shards(args: argparse.Namespace, docs: Iterable[str] | None = None) ->
             finish_shard()
     except KeyboardInterrupt:
         bar.close()
-        fail(f"interrupted; {state['shards']} finished shards kept in {out}. Run the same command again to resume.")
+        raise UserError(f"interrupted; {state['shards']} finished shards kept in {out}. "
+                        "Run the same command again to resume.") from None
     except Exception as e:  # e.g. the network dropped mid-stream: finished shards stay, a rerun resumes
         bar.close()
-        fail(f"reading the dataset failed ({first_line(e)}); {state['shards']} finished shards kept in {out}. "
-             "Run the same command again to resume.")
+        raise UserError(f"reading the dataset failed ({first_line(e)}); {state['shards']} finished shards kept in "
+                        f"{out}. Run the same command again to resume.") from None
     bar.close()
     if tokens == 0:
         (out / STATE_FILE).unlink(missing_ok=True)
-        fail("the input has no documents; nothing written")
+        raise UserError("the input has no documents; nothing written")
     state["done"] = True
     _save_state(out, state)
     print(f"{out}: {state['shards']} shards, {tokens:,} tokens (shard 0 is validation)")
     return state
 
 
-def main() -> None:
-    args = get_args()
+def main(argv: list[str] | None = None) -> None:
+    args = get_args(argv)
     print("fineweb.py config: " + json.dumps(vars(args)))
-    build_shards(args)
+    try:
+        build_shards(args)
+    except UserError as e:
+        fail("fineweb.py", e)
 
 
 if __name__ == "__main__":

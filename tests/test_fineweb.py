@@ -187,7 +187,7 @@ def test_resume_after_interrupt_gives_the_same_shards(tmp_path, workers):
     src = write_jsonl(tmp_path / "docs.jsonl", docs)
     common = ["--shard-size", "250", "--workers", workers, "--batch-docs", "4"]
     fineweb.build_shards(args_for(src, tmp_path / "straight", *common))
-    with pytest.raises(SystemExit, match="interrupted"):
+    with pytest.raises(fineweb.UserError, match="interrupted"):
         fineweb.build_shards(args_for(src, tmp_path / "resumed", *common), docs=interrupt_after(docs, 150))
     kept = sorted(p.name for p in (tmp_path / "resumed").glob("*.npy"))
     assert 0 < len(kept) < len(list((tmp_path / "straight").glob("*.npy")))
@@ -216,7 +216,7 @@ def test_rerun_of_a_finished_folder_keeps_it_and_other_settings_are_refused(tmp_
     before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("*.npy")}
     assert fineweb.build_shards(args_for(src, tmp_path / "out", "--shard-size", "100"))["done"]
     assert before == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("*.npy")}
-    with pytest.raises(SystemExit, match="different settings"):
+    with pytest.raises(fineweb.UserError, match="different settings"):
         fineweb.build_shards(args_for(src, tmp_path / "out", "--shard-size", "128"))
 
 
