@@ -387,7 +387,7 @@ def test_ctrl_c_in_a_foreground_run_under_torchrun_leaves_the_pod_running(rig, d
     log = train_log(rig.log)
     assert proc.returncode == 1, out[-3000:]
     assert "training ended with exit code 1 after SIGINT" in log and "interrupted with Ctrl-C" in log
-    assert "SIGINT - finishing this step, then saving a checkpoint" in log and list(rig.log.glob("model_*.pt"))
+    assert "closing signal SIGINT" in log and list(rig.log.glob("model_*.pt"))  # passed on; the worker saved
     assert runpodctl_calls(rig) == [f"pod get {POD}"] and pod_status(rig) == "RUNNING"
 
 
