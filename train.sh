@@ -16,7 +16,8 @@
 #   RUNPOD_VOLUME_ID     set by RunPod when a network volume is attached (it is mounted at /workspace)
 #   RUNPOD_API_KEY       set by RunPod: the key runpodctl uses
 #   TORCH_ELASTIC_SHUTDOWN_TIMEOUT  seconds torchrun lets workers save after a stop signal before it kills them
-#                        (torchrun's default is 30; train.sh sets 900, enough to write a 1.5B model's checkpoint)
+#                        (torchrun's default is 30; train.sh sets 900, enough to write a 1.5B model's checkpoint;
+#                        torch 2.12 and newer read it, older torchruns always wait 30 s)
 # For tests only:
 #   TRAIN_SH_RP_ENVIRONMENT  the file read instead of /etc/rp_environment
 #   TRAIN_SH_WORKSPACE       the pod's persistent mount, instead of /workspace
@@ -475,10 +476,12 @@ if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 
     version=$("$PYTHON" -V 2>&1 | head -n 1) || version="not runnable"
     die "$PYTHON is ${version:-not runnable}; this needs Python 3.11 or newer - in RunPod's images run python (3.12, with torch), not python3, or activate the venv (. .venv/bin/activate)"
 fi
+torch_version=""
 if [[ -z ${TRAIN_CMD:-} ]] || ((prep)); then
-    if ! err=$("$PYTHON" -c "import torch, numpy, tiktoken" 2>&1); then
-        die "$PYTHON cannot import torch, numpy and tiktoken ($(tail -n1 <<<"$err")) - activate the venv (. .venv/bin/activate) or pip install -r requirements.txt"
+    if ! torch_version=$("$PYTHON" -c "import torch, numpy, tiktoken; print(torch.__version__)" 2>&1); then
+        die "$PYTHON cannot import torch, numpy and tiktoken ($(tail -n1 <<<"$torch_version")) - activate the venv (. .venv/bin/activate) or pip install -r requirements.txt"
     fi
+    torch_version=$(tail -n1 <<<"$torch_version")
 fi
 mkdir -p "$log_dir"
 
@@ -490,6 +493,10 @@ note() {  # a line of the plan: printed now, and written to the log once the run
     echo "$*"
 }
 locate_log_dir
+# TORCH_ELASTIC_SHUTDOWN_TIMEOUT came with torch 2.12 (pytorch/pytorch#172596); before it, torchrun's wait is 30 s.
+if [[ -z ${TRAIN_CMD:-} && $torch_version =~ ^([0-9]+)\.([0-9]+) ]] && ((BASH_REMATCH[1] == 2 && BASH_REMATCH[2] < 12)); then
+    note "train.sh: note: torchrun of torch $torch_version kills the workers 30 s after a stop signal (a longer wait needs torch 2.12+): a checkpoint that takes longer to write is lost, the one before it stays"
+fi
 if [[ -z $pod_id ]]; then
     plan_pod finished
     note "train.sh: $pod_reason"

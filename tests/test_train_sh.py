@@ -426,6 +426,20 @@ def test_the_printed_kill_reaches_every_torchrun_worker_and_then_the_pod_decisio
     assert "after SIGTERM" in log and "training was stopped with SIGTERM" in log
 
 
+@pytest.mark.parametrize("torch_version", ["2.8.0+cu128", "2.13.0+cpu"])
+def test_a_torch_older_than_2_12_gets_a_note_that_its_torchrun_waits_only_30_s(rig, torch_version):
+    write_exe(rig.bin / "torchrun", TRAINER)
+    python = write_exe(rig.bin / "stand-in-python", f"""#!/usr/bin/env bash
+[[ $1 == -c && $2 == *torch.__version__* ]] && {{ echo "{torch_version}"; exit 0; }}
+exit 0
+""")
+    r = train_sh(rig, "--foreground", "--log-dir", str(rig.log), "--", "--data", str(rig.data), trainer=False,
+                 PYTHON=str(python))
+    assert r.returncode == 0, r.stderr
+    noted = f"torchrun of torch {torch_version} kills the workers 30 s after a stop signal"
+    assert (noted in r.stdout and noted in train_log(rig.log)) == torch_version.startswith("2.8")
+
+
 def test_the_shutdown_timeout_is_generous_unless_set(rig):
     foreground(rig)
     assert trainer_env(rig)["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] == "900"
