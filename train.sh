@@ -377,7 +377,7 @@ confirm_pod() {
     status=$(rp_status)
     if [[ $action == remove ]]; then
         [[ $status == TERMINATED ]] && gone=1
-        [[ -z $status && ($rc == 0 || $rp_out == *404* || $rp_out == *"not found"*) ]] && gone=1  # v1: no row; v2: 404
+        [[ -z $status && ($rc == 0 || $rp_out == *"status 404"*) ]] && gone=1  # v1: no row for it; v2: 404
         if ((gone)); then say "train.sh: done: pod $pod_id is removed"; return 0; fi
     elif [[ $status == EXITED ]]; then
         say "train.sh: done: pod $pod_id is stopped"
