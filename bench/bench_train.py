@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import train_gpt2  # noqa: E402
-from train_gpt2 import GPT, GPTConfig, MODEL_SIZES  # noqa: E402
+from train_gpt2 import GPT, MODEL_SIZES, GPTConfig  # noqa: E402
 
 
 def bench(args: argparse.Namespace, device: str, use_compile: bool) -> tuple[float, float, float | None]:

@@ -117,7 +117,8 @@ def test_batch_size_does_not_change_scores_and_train_mode_is_restored(tiny_gpt):
 
 def test_batches_have_fixed_rows_and_few_row_lengths(tiny_gpt):
     shapes = []
-    hook = tiny_gpt.register_forward_hook(lambda mod, inp, out: shapes.append(tuple(inp[0].shape)))
+    # the token embedding sees every forward's (B, T) input ids
+    hook = tiny_gpt.transformer.wte.register_forward_hook(lambda mod, inp, out: shapes.append(tuple(inp[0].shape)))
     try:
         hellaswag.score(tiny_gpt, make_examples(18, seed=3, long_every=9), "cpu", batch_size=4)
     finally:

@@ -65,7 +65,8 @@ def test_kv_cache_greedy_matches_full_recompute_past_block_size(seed):
 
 
 def test_cli_greedy_is_the_same_with_and_without_kv_cache(capsys, log_dir):
-    args = (str(log_dir), "Hello, I'm a language model,", "--top-k", "1", "--max-new-tokens", "40", "--num-samples", "2")
+    args = (str(log_dir), "Hello, I'm a language model,", "--top-k", "1", "--max-new-tokens", "40",
+            "--num-samples", "2")
     with_cache, err = run_main(capsys, *args)
     without, err_full = run_main(capsys, *args, "--no-kv-cache")
     assert with_cache == without
