@@ -76,69 +76,83 @@ class HellaSwagUnavailable(UserError):
     """The split is not on disk and could not be downloaded; the message says how to get it."""
 
 
+def split_problem(path: Path, expected: tuple[int, int, str]) -> str | None:
+    """None when path holds the whole split: its sha256 is the authors' (whatever its line endings), or else it holds
+    their number of examples (a warning says the file differs). Otherwise why it is not the split."""
+    n, _, want = expected
+    data = path.read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    if sha == want:
+        return None
+    lines = sum(1 for line in data.splitlines() if line.strip())
+    if lines != n:
+        return f"{lines} examples, expected {n}"
+    print(f"hellaswag.py: warning: {path.name} has sha256 {sha}, expected {want}: the file upstream changed, so "
+          "scores may not compare with published ones", file=sys.stderr)
+    return None
+
+
 def fetch(url: str, dest: Path, expected: tuple[int, int, str] | None = None, progress: bool = True) -> None:
     """Fetch url into dest atomically (a temp file renamed into place): dest is complete or absent.
-    expected = (examples, bytes, sha256): a different line count is an error, a different sha256 a warning."""
+    expected = (examples, bytes, sha256) of the authors' split: a file that is not that split is refused."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")  # per process: DDP ranks may download at once
     how = f"download {url} to {dest}, or pass --data FILE"
-    sha, lines = hashlib.sha256(), 0
     try:
         with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
             size = int(r.headers.get("Content-Length") or 0) or None
             with tqdm(total=size, unit="B", unit_scale=True, desc=dest.name, disable=not progress) as bar:
                 while chunk := r.read(1 << 20):
                     f.write(chunk)
-                    sha.update(chunk)
-                    lines += chunk.count(b"\n")
                     bar.update(len(chunk))
             if size is not None and f.tell() != size:
                 raise OSError(f"got {f.tell()} of {size} bytes")
             f.flush()
             os.fsync(f.fileno())
+        problem = split_problem(tmp, expected) if expected is not None else None
     except (OSError, http.client.HTTPException, ValueError) as e:
         tmp.unlink(missing_ok=True)
         reason = e.reason if isinstance(e, urllib.error.URLError) else first_line(e)
         raise HellaSwagUnavailable(f"could not download HellaSwag ({reason}) - {how}") from None
-    if expected is not None:
-        n, _, want = expected
-        if lines != n:
-            tmp.unlink(missing_ok=True)
-            raise HellaSwagUnavailable(f"{url} gave {lines} examples, expected {n} - {how}")
-        if sha.hexdigest() != want:
-            print(f"hellaswag.py: warning: {dest.name} has sha256 {sha.hexdigest()}, expected {want}: the file "
-                  "upstream changed, so scores may not compare with published ones", file=sys.stderr)
+    if problem:
+        tmp.unlink(missing_ok=True)
+        raise HellaSwagUnavailable(f"{url} gave {problem} - {how}")
     os.replace(tmp, dest)
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    """Examples of a HellaSwag jsonl file; a malformed line raises ValueError naming path:line."""
+    """Examples of a HellaSwag jsonl file; a malformed line raises UserError naming path:line."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not a HellaSwag jsonl file (byte {e.start} is not UTF-8 text)") from None
     examples = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                ex = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{i}: not valid JSON ({e.msg})") from None
-            if not isinstance(ex, dict):
-                raise UserError(f"{path}:{i}: expected a JSON object, got {type(ex).__name__}")
-            if not isinstance(ex.get("ctx"), str) or not ex["ctx"]:
-                raise UserError(f"{path}:{i}: 'ctx' must be a non-empty string")
-            endings = ex.get("endings")
-            if not isinstance(endings, list) or len(endings) != 4 or not all(isinstance(e, str) for e in endings):
-                got = f"{len(endings)} items" if isinstance(endings, list) else type(endings).__name__
-                raise UserError(f"{path}:{i}: 'endings' must be a list of 4 strings, got {got}")
-            label = ex.get("label")
-            if isinstance(label, str) and label.isdigit():
-                label = int(label)
-            if label is None:
-                raise UserError(f"{path}:{i}: no 'label' (the authors withhold the test split's labels - use val)")
-            if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < 4:
-                raise UserError(f"{path}:{i}: 'label' must be 0, 1, 2 or 3, got {label!r}")
-            examples.append({**ex, "label": label})
+    for i, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            ex = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+        if not isinstance(ex, dict):
+            raise UserError(f"{path}:{i}: expected a JSON object, got {type(ex).__name__}")
+        if not isinstance(ex.get("ctx"), str) or not ex["ctx"]:
+            raise UserError(f"{path}:{i}: 'ctx' must be a non-empty string")
+        endings = ex.get("endings")
+        if not isinstance(endings, list) or len(endings) != 4 or not all(isinstance(e, str) for e in endings):
+            got = f"{len(endings)} items" if isinstance(endings, list) else type(endings).__name__
+            raise UserError(f"{path}:{i}: 'endings' must be a list of 4 strings, got {got}")
+        if not all(e.strip() for e in endings):  # an empty ending would tie with its twin and "win" as ending 0
+            raise UserError(f"{path}:{i}: ending {[e.strip() for e in endings].index('')} is empty")
+        label = ex.get("label")
+        if isinstance(label, str) and label.isdigit():
+            label = int(label)
+        if label is None:
+            raise UserError(f"{path}:{i}: no 'label' (the authors withhold the test split's labels - use val)")
+        if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < 4:
+            raise UserError(f"{path}:{i}: 'label' must be 0, 1, 2 or 3, got {label!r}")
+        examples.append({**ex, "label": label})
     return examples
 
 
@@ -155,10 +169,15 @@ def load_examples(path: str | Path | None = None, split: str = "val", cache_dir:
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r} - one of {', '.join(SPLITS)}")
     dest = Path(cache_dir or CACHE_DIR) / f"hellaswag_{split}.jsonl"
-    if not dest.is_file():
+    problem = f"{dest} is missing"
+    if dest.is_file():
+        wrong = split_problem(dest, SPLITS[split])
+        problem = wrong and f"{dest} holds {wrong}"
+    if problem:  # absent, or a partial or foreign file in the cache: never scored as the whole split
         if not download:
-            raise HellaSwagUnavailable(f"{dest} is missing - download {url.format(split=split)} there, "
-                                       "or pass --data FILE")
+            raise HellaSwagUnavailable(f"{problem} - download {url.format(split=split)} there, or pass --data FILE")
+        if dest.is_file():
+            print(f"hellaswag.py: {problem}; downloading it again", file=sys.stderr)
         fetch(url.format(split=split), dest, SPLITS[split])
     return read_jsonl(dest)
 

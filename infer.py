@@ -69,6 +69,20 @@ def resolve_checkpoint(spec: str) -> str:
     return spec
 
 
+def load(spec: str, device: str) -> tuple[GPT, str]:
+    """(model, what was loaded). A log dir gives its newest checkpoint that loads: an unreadable newest one (a save
+    cut short by a full disk or a killed pod) is passed over for the one before, with a notice."""
+    newest = resolve_checkpoint(spec)
+    candidates = [str(p) for p in reversed(list_checkpoints(spec))] if newest != spec else [spec]
+    for i, candidate in enumerate(candidates):
+        try:
+            return load_model(candidate, device)[0], candidate
+        except UserError as e:
+            if i == len(candidates) - 1:
+                raise
+            print(f"infer.py: notice: skipping {e}", file=sys.stderr)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # sampling
 
@@ -174,9 +188,8 @@ def run(args: argparse.Namespace) -> None:
         if not prompt:
             raise UserError("the prompt is empty - pass some text to continue")
 
-    spec = resolve_checkpoint(args.checkpoint)
     device = pick_device(args.device)
-    model, _ = load_model(spec, device)
+    model, spec = load(args.checkpoint, device)
     enc = get_tokenizer()
     tokens = enc.encode(prompt or "", allowed_special={"<|endoftext|>"})
     if len(tokens) > model.config.block_size:

@@ -1,5 +1,6 @@
 """hellaswag.py: scoring against an independent reference, batching, DDP, malformed files, download, CLI."""
 
+import hashlib
 import http.server
 import json
 import os
@@ -290,3 +291,35 @@ def test_cli_bad_model_or_data_exits_with_one_line(tmp_path):
             hellaswag.main(argv + ["--device", "cpu"])
         assert str(e.value.code).startswith("hellaswag.py: ") and needle in str(e.value.code)
         assert "\n" not in str(e.value.code)
+
+
+def test_an_example_with_an_empty_ending_is_refused_with_its_line(tmp_path):
+    examples = make_examples(3)
+    examples[1]["endings"][2] = "  "
+    path = write_jsonl(tmp_path / "hs.jsonl", examples)
+    with pytest.raises(hellaswag.UserError, match=r"hs.jsonl:2: ending 2 is empty"):
+        hellaswag.load_examples(path)
+
+
+def test_a_binary_data_file_is_one_line_naming_it(tmp_path):
+    path = tmp_path / "weights.bin"
+    path.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(SystemExit) as e:
+        hellaswag.main(["--model", "gpt2", "--data", str(path), "--device", "cpu"])
+    assert str(e.value.code).startswith(f"hellaswag.py: {path}: not a HellaSwag jsonl file")
+
+
+def test_the_cache_is_trusted_by_checksum_and_a_partial_file_is_fetched_again(tmp_path, local_server, monkeypatch):
+    n_val = 5
+    body = "".join(json.dumps(ex) + "\r\n" for ex in make_examples(n_val, seed=7)).encode()[:-2]  # CRLF, no final EOL
+    monkeypatch.setitem(hellaswag.SPLITS, "val", (n_val, len(body), hashlib.sha256(body).hexdigest()))
+    local_server.files["hellaswag_val.jsonl"] = body
+    url = f"http://127.0.0.1:{local_server.server_address[1]}/data/hellaswag_{{split}}.jsonl"
+    cache = tmp_path / "cache"
+    assert len(hellaswag.load_examples(split="val", cache_dir=cache, url=url)) == n_val  # the sha256 decides
+    (cache / "hellaswag_val.jsonl").write_bytes(body[:len(body) // 2])  # a partial copy in the cache
+    assert len(hellaswag.load_examples(split="val", cache_dir=cache, url=url)) == n_val
+    assert (cache / "hellaswag_val.jsonl").read_bytes() == body
+    (cache / "hellaswag_val.jsonl").write_bytes(body[:len(body) // 2])
+    with pytest.raises(hellaswag.HellaSwagUnavailable, match=r"hellaswag_val.jsonl holds \d examples, expected 5"):
+        hellaswag.load_examples(split="val", cache_dir=cache, url=url, download=False)

@@ -235,3 +235,15 @@ def test_bad_input_from_the_shell_prints_one_line_and_no_traceback(tmp_path, cas
     assert "Traceback" not in r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("infer.py: ") and expected in lines[0], r.stderr
+
+
+def test_a_log_dir_whose_newest_checkpoint_is_cut_short_samples_from_the_one_before(capsys, tmp_path, log_dir):
+    for name in ("model_00005.pt", "model_00010.pt"):
+        (tmp_path / name).write_bytes((log_dir / name).read_bytes())
+    newest = (log_dir / "model_00010.pt").read_bytes()
+    (tmp_path / "model_00020.pt").write_bytes(newest[:len(newest) // 2])  # a save killed half way
+    out, err = run_main(capsys, str(tmp_path), "Hello", "--top-k", "1", "--max-new-tokens", "4", "--num-samples", "1")
+    expected, _ = run_main(capsys, str(log_dir / "model_00010.pt"), "Hello", "--top-k", "1", "--max-new-tokens", "4",
+                           "--num-samples", "1")
+    assert out == expected
+    assert "skipping" in err and "model_00020.pt" in err and "loaded " + str(tmp_path / "model_00010.pt") in err

@@ -246,20 +246,27 @@ def bad_inputs(tmp_path: Path, tiny_shards: Path) -> dict[str, list[str]]:
     (tmp_path / "empty").mkdir()
     (tmp_path / "truncated.pt").write_bytes(b"PK\x03\x04 not really a zip")
     torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
+    (tmp_path / "hellaswag.jsonl").write_text('{"ctx": "A man", "endings": ["a", "b", "c", "d"], "label": 1}\n{oops\n')
     return {
         "missing data folder": ["--data", str(tmp_path / "nope")],
         "empty data folder": ["--data", str(tmp_path / "empty")],
         "truncated checkpoint": ["--data", str(tiny_shards), "--resume", str(tmp_path / "truncated.pt")],
         "foreign checkpoint": ["--data", str(tiny_shards), "--resume", str(tmp_path / "foreign.pt")],
         "batch that does not divide": ["--data", str(tiny_shards), "--total-batch-size", "200"],
+        "malformed hellaswag data": ["--data", str(tiny_shards), "--hellaswag-every", "1",
+                                     "--hellaswag-data", str(tmp_path / "hellaswag.jsonl")],
     }
 
 
 @pytest.mark.parametrize("case", ["missing data folder", "empty data folder", "truncated checkpoint",
-                                  "foreign checkpoint", "batch that does not divide"])
+                                  "foreign checkpoint", "batch that does not divide", "malformed hellaswag data"])
 def test_bad_input_gives_one_line_and_a_nonzero_exit(case, tiny_shards, tmp_path):
     proc = train(*bad_inputs(tmp_path, tiny_shards)[case], "--log-dir", str(tmp_path / "log"))
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("train_gpt2.py: ")
+    if case == "malformed hellaswag data":  # the message hellaswag.py --data gives, before any training step
+        assert lines[0].endswith("hellaswag.jsonl:2: not valid JSON (Expecting property name enclosed in double "
+                                 "quotes)")
+        assert " loss " not in proc.stdout
