@@ -8,7 +8,11 @@ Tokenize a text corpus with the GPT-2 BPE into uint16 token shards for train_gpt
 Every document is preceded by <|endoftext|> (50256). Shard 0 is validation, the rest training, saved as
 edufineweb_{val,train}_{index:06d}.npy (the layout other GPT-2 reproduction scripts use). The run is resumable:
 finished shards are kept, a shard only appears under its final name once complete, and a rerun continues from
-the state file `.fineweb_state.json` in the output folder.
+the state file `.fineweb_state.json` in the output folder. That file pins the input (the hub dataset's commit, or
+the local files' names and sizes) and records each shard's size and where it starts in the input, with the
+dataset's own streaming state, so a rerun reads on from the row group it reached instead of streaming everything
+again, and rebuilds any finished shard that went missing or was damaged. Before starting, the output disk is
+checked for room (about 21 GB for sample-10BT, 210 GB for sample-100BT, 2 bytes per --max-tokens token).
 
 This file also owns the GPT-2 tokenizer (get_tokenizer) and the shard format (write_shard / read_shard) that
 the other scripts import.
@@ -17,17 +21,22 @@ the other scripts import.
 import argparse
 import ast
 import collections
+import contextlib
+import errno
 import functools
 import hashlib
 import itertools
 import json
+import math
 import multiprocessing as mp
 import os
 import re
+import shutil
+import signal
 import sys
 import sysconfig
 from pathlib import Path
-from typing import Iterable, Iterator, NoReturn
+from typing import Generator, Iterable, Iterator, NoReturn
 
 import numpy as np
 
@@ -61,42 +70,13 @@ def add_device_option(p: argparse.ArgumentParser) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# config
+# config (the command line, get_args, sits just before main)
 
-FINEWEB_TOKENS = {"sample-10BT": 10_000_000_000, "sample-100BT": 100_000_000_000}  # approximate, for the progress bar
+FINEWEB_TOKENS = {"sample-10BT": 10_000_000_000, "sample-100BT": 100_000_000_000}  # approximate: ETA and disk check
 DEMO_OUT = "demo_shards"  # where --demo writes unless --out is given
 DEMO_SHARD_SIZE = 2**18  # tokens per demo shard: a small val shard and a handful of train shards
-
-
-def get_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Tokenize a corpus into GPT-2 uint16 token shards.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    # what to read
-    p.add_argument("--dataset", default="HuggingFaceFW/fineweb-edu",
-                   help="Hugging Face Hub dataset id, or a local directory / file(s) of .parquet, .jsonl/.json or .txt")
-    p.add_argument("--name", default="sample-10BT", help="hub dataset config (ignored for local files)")
-    p.add_argument("--text-column", default="text", help="column holding the document text")
-    p.add_argument("--demo", action="store_true",
-                   help=f"tokenize English text shipped inside Python (no download); writes to {DEMO_OUT}/")
-    # what to write
-    p.add_argument("--out", default=None, help=f"output folder (default: edu_fineweb10B, or {DEMO_OUT} with --demo)")
-    p.add_argument("--shard-size", type=int, default=None,
-                   help=f"tokens per shard (default: 100M, or {DEMO_SHARD_SIZE} with --demo)")
-    p.add_argument("--max-tokens", type=int, default=None, help="stop after this many tokens (a quick subset)")
-    # how
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="tokenizer processes")
-    p.add_argument("--batch-docs", type=int, default=512, help="documents per tokenizer task")
-    args = p.parse_args(argv)
-    # --demo only sets defaults: an explicit flag always wins
-    if args.out is None:
-        args.out = DEMO_OUT if args.demo else "edu_fineweb10B"
-    if args.shard_size is None:
-        args.shard_size = DEMO_SHARD_SIZE if args.demo else 100_000_000
-    if args.shard_size < 1 or args.workers < 1 or args.batch_docs < 1 or (args.max_tokens is not None and args.max_tokens < 1):
-        p.error("--shard-size, --workers, --batch-docs and --max-tokens must be positive")
-    return args
-
-
+DISK_HEADROOM = 1.05  # free space asked for before starting: the tokens still to write at 2 bytes each, plus 5%
+CGROUP_ROOT = Path("/sys/fs/cgroup")  # where a container sees its own cgroup (and its CPU quota)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -182,20 +162,50 @@ SHARD_PREFIX = "edufineweb"
 BIN_MAGIC, BIN_VERSION, BIN_HEADER_INTS = 20240520, 1, 256  # llm.c / modded-nanogpt .bin shards
 
 
+class DiskFull(UserError):
+    """A write failed for lack of space: finished files are kept, the partial one is removed."""
+
+
+def _size(n: float) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n:.0f} bytes"
+
+
+def _write_failed(path: Path, e: OSError, need: int) -> UserError:
+    """The one-line error for a failed write of `need` bytes to `path`."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        free = shutil.disk_usage(path.parent).free
+        return DiskFull(f"disk full: writing {path} needs {_size(need)}, its disk has {_size(free)} free")
+    return UserError(f"cannot write {path}: {e.strerror or first_line(e)}")
+
+
 def shard_name(index: int) -> str:
     """Shard 0 is validation, the rest training."""
     return f"{SHARD_PREFIX}_{'val' if index == 0 else 'train'}_{index:06d}.npy"
 
 
 def write_shard(path: Path, tokens: np.ndarray) -> None:
-    """Write atomically: a crash leaves either no shard or a complete one, never a truncated one."""
+    """Write atomically: a crash or a full disk leaves either no shard or a complete one, never a truncated one.
+    A failed write (DiskFull when the disk is full) raises UserError and removes the partial temp file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, tokens.astype(np.uint16, copy=False))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tokens = np.ascontiguousarray(tokens, dtype=np.uint16)
+    try:
+        with open(tmp, "wb") as f:
+            # np.save's bytes, but the tokens go through Python's write, which raises on a full disk: np.save writes
+            # them through C stdio, and on a full disk that can leave a short file and no error
+            np.lib.format.write_array_header_1_0(f, np.lib.format.header_data_from_array_1_0(tokens))
+            f.write(tokens.data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise _write_failed(path, e, tokens.nbytes + 128) from None
+        raise
 
 
 def read_shard(path: str | Path) -> np.ndarray:
@@ -211,9 +221,14 @@ def read_shard(path: str | Path) -> np.ndarray:
             raise UserError(f"{path} is truncated or corrupt: header says {n} tokens ({expected} bytes), "
                              f"file has {path.stat().st_size} bytes")
         return np.memmap(path, dtype=np.uint16, mode="r", offset=BIN_HEADER_INTS * 4, shape=(n,))
-    tokens = np.load(path, mmap_mode="r")
+    rebuild = "rerun the fineweb.py command that wrote it: it redoes missing or damaged shards"
+    try:
+        tokens = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, EOFError) as e:  # a truncated file, a pickled object array, not a .npy at all
+        raise UserError(f"{path} is not a readable token shard ({first_line(e)}); {rebuild}") from None
     if tokens.dtype != np.uint16 or tokens.ndim != 1:
-        raise UserError(f"{path} is not a token shard (expected 1-D uint16, got {tokens.ndim}-D {tokens.dtype})")
+        raise UserError(f"{path} is not a token shard (expected 1-D uint16, got {tokens.ndim}-D {tokens.dtype}); "
+                        f"{rebuild}")
     return tokens
 
 
@@ -227,7 +242,7 @@ def list_shards(folder: str | Path, split: str) -> list[Path]:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# documents: the hub, local files, or the demo corpus
+# documents: the hub, local files, or the demo corpus, from where a shard starts
 
 LOCAL_BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".txt": "text"}
 
@@ -263,9 +278,76 @@ def _hf_transfer_guard() -> None:
             os.environ.pop("HF_HUB_ENABLE_HF_TRANSFER")
 
 
-def hf_documents(dataset: str, name: str | None, text_column: str) -> Iterator[str]:
-    """Stream documents through `datasets` (hub id or local files alike), so nothing is cached uncompressed.
-    Opens the dataset and reads its first rows now, so a bad dataset fails here with one line."""
+def _source_identity(args: argparse.Namespace, pinned: dict | None) -> dict:
+    """What pins down the input, kept in the state file so that a resumed run reads the same data: the hub dataset's
+    commit (looked up once, when the prep starts), the local files' names and sizes, or the demo corpus's Python."""
+    if args.demo:
+        return {"demo": f"Python {sys.version_info.major}.{sys.version_info.minor}"}
+    files = _local_files(args.dataset)
+    if files is not None:
+        base = Path(args.dataset).expanduser()
+        base = base if base.is_dir() else base.parent
+        return {"files": [[str(f.relative_to(base)), f.stat().st_size] for f in files]}
+    if pinned:
+        return pinned
+    _hf_transfer_guard()
+    from huggingface_hub import HfApi
+    try:
+        return {"revision": HfApi().dataset_info(args.dataset).sha}
+    except Exception as e:  # offline, no such dataset, no access...
+        raise UserError(f"could not read dataset {args.dataset!r} from the Hugging Face Hub: {first_line(e)}") from None
+
+
+# Where a shard starts: in document `doc` (counting from 0), after its first `skip` tokens (they ended the previous
+# shard). `restart` is the dataset's own state_dict at document `restart_doc` <= doc (None: the start of the input),
+# so a resumed run opens the dataset there instead of streaming everything before it again.
+START = {"doc": 0, "skip": 0, "restart_doc": 0, "restart": None}
+
+
+class Documents:
+    """The input's documents in order from a start position, remembering where the input can restart:
+    restart_point(i) is the latest (document index, dataset state_dict) at or before document i."""
+
+    def __init__(self, batches: Generator[tuple[list[str], dict | None], None, None], start: dict):
+        self.batches = batches  # lists of texts, each with the dataset's state after it (None: none to restart from)
+        self.first = start["doc"]
+        self.points = collections.deque([(start["restart_doc"], start["restart"])])
+
+    def __iter__(self) -> Iterator[str]:
+        n = self.points[0][0]
+        for texts, state in self.batches:
+            yield from texts[max(0, self.first - n):]
+            n += len(texts)
+            if state is not None:
+                self.points.append((n, state))
+
+    def restart_point(self, doc: int) -> tuple[int, dict | None]:
+        """Asked for ever later documents, so the points before the answer are dropped."""
+        while len(self.points) > 1 and self.points[1][0] <= doc:
+            self.points.popleft()
+        return self.points[0]
+
+    def close(self) -> None:
+        self.batches.close()
+
+
+def _batched(docs: Iterable[str], n: int) -> Iterator[list[str]]:
+    it = iter(docs)
+    while batch := list(itertools.islice(it, n)):
+        yield batch
+
+
+def plain_documents(docs: Iterable[str], start: dict, batch_docs: int) -> Documents:
+    """Documents from a list or generator: no state to restart from, so a resumed run skips through them."""
+    batches = ((batch, None) for batch in _batched(docs, batch_docs))
+    return Documents(batches, {**start, "restart_doc": 0, "restart": None})
+
+
+def hf_documents(dataset: str, name: str | None, text_column: str, revision: str | None, start: dict,
+                 batch_docs: int) -> Documents:
+    """Stream documents through `datasets` (hub id or local files alike), so nothing is cached uncompressed, from
+    `start`: the dataset loads the state_dict recorded there and reads on from that row group. Opens the dataset and
+    reads its first rows now, so a bad dataset fails here with one line."""
     _hf_transfer_guard()
     import datasets
     datasets.logging.set_verbosity_error()
@@ -273,21 +355,34 @@ def hf_documents(dataset: str, name: str | None, text_column: str) -> Iterator[s
     files = _local_files(dataset)
     try:
         if files is None:
-            ds = datasets.load_dataset(dataset, name=name, split="train", streaming=True)
+            ds = datasets.load_dataset(dataset, name=name, split="train", streaming=True, revision=revision)
         else:
             builder = LOCAL_BUILDERS[files[0].suffix]
             kwargs = {"sample_by": "document"} if builder == "text" else {}
             ds = datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train", streaming=True,
                                        **kwargs)
-        batches = ds.iter(batch_size=1024)
+        ds = ds.reshard()  # parquet: one shard per row group, so a restart skips whole row groups without reading them
+        if start["restart"] is not None:
+            ds.load_state_dict(start["restart"])
+        batches = ds.iter(batch_size=batch_docs)
         first = next(batches, None)
+        first_state = ds.state_dict()
     except Exception as e:  # the hub and the file readers raise many kinds; a person needs the first line
         where = "the Hugging Face Hub" if files is None else "local files"
         raise UserError(f"could not read dataset {dataset!r} from {where}: {first_line(e)}") from None
     if first is not None and text_column not in first:
         raise UserError(f"dataset {dataset!r} has no column {text_column!r} (columns: {', '.join(first)}); use --text-column")
-    rest = batches if first is not None else iter(())
-    return (text or "" for batch in itertools.chain([first] if first else [], rest) for text in batch[text_column])
+
+    def texts_and_states() -> Generator[tuple[list[str], dict], None, None]:
+        try:
+            if first is not None:
+                yield [text or "" for text in first[text_column]], first_state
+                for batch in batches:
+                    yield [text or "" for text in batch[text_column]], ds.state_dict()
+        finally:
+            batches.close()
+
+    return Documents(texts_and_states(), start)
 
 
 def demo_documents() -> list[str]:
@@ -324,6 +419,15 @@ def demo_documents() -> list[str]:
     return docs
 
 
+def open_documents(args: argparse.Namespace, source: dict, start: dict, docs: Iterable[str] | None = None) -> Documents:
+    """The input from `start`: the given documents, the demo corpus, or the dataset at its pinned revision."""
+    if docs is None and args.demo:
+        docs = demo_documents()
+    if docs is not None:
+        return plain_documents(docs, start, args.batch_docs)
+    return hf_documents(args.dataset, args.name, args.text_column, source.get("revision"), start, args.batch_docs)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # tokenizing
 
@@ -340,15 +444,13 @@ def tokenize_batch(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return flat, lengths
 
 
-def _batched(docs: Iterable[str], n: int) -> Iterator[list[str]]:
-    it = iter(docs)
-    while batch := list(itertools.islice(it, n)):
-        yield batch
-
-
 def _init_worker() -> None:
-    import signal
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the pool stops its workers with SIGTERM
+    if hasattr(os, "setpgid"):
+        # Out of the parent's process group, so that `kill -- -PID` reaches only the parent, which then stops the pool:
+        # a worker killed while it waits for a task would hold the task queue's lock and hang the pool's shutdown.
+        os.setpgid(0, 0)
     get_tokenizer()
 
 
@@ -371,9 +473,60 @@ def tokenized_batches(docs: Iterable[str], workers: int, batch_docs: int) -> Ite
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# sharding, with resume
+# the machine: CPUs and disk
+
+def cgroup_cpu_limit(root: Path) -> int | None:
+    """The CPUs a cgroup's quota allows, rounded up: cgroup v2's cpu.max, else v1's cpu.cfs_quota_us and
+    cpu.cfs_period_us. None when there is no quota (or no cgroup files)."""
+    v1 = [(root / d / "cpu.cfs_quota_us", root / d / "cpu.cfs_period_us") for d in ("cpu", "cpu,cpuacct")]
+    for quota_file, period_file in [(root / "cpu.max", None), *v1]:
+        try:
+            fields = quota_file.read_text().split() + (period_file.read_text().split() if period_file else [])
+        except OSError:
+            continue
+        try:
+            quota, period = int(fields[0]), int(fields[1])
+        except (ValueError, IndexError):  # "max 100000": no quota
+            return None
+        return math.ceil(quota / period) if quota > 0 and period > 0 else None  # v1 says -1 for no quota
+    return None
+
+
+def default_workers() -> int:
+    """Tokenizer processes: the CPUs this container may use. os.cpu_count() is the host's count in a container
+    (192 on a RunPod pod given 16), so RUNPOD_CPU_COUNT, else the cgroup quota, else the CPUs we may run on."""
+    runpod = os.environ.get("RUNPOD_CPU_COUNT", "").strip()
+    if runpod.isdigit() and int(runpod) > 0:
+        return int(runpod)
+    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    quota = cgroup_cpu_limit(CGROUP_ROOT)
+    return min(allowed, quota) if quota else allowed
+
+
+def expected_tokens(args: argparse.Namespace) -> int | None:
+    """How many tokens this prep writes, where known: --max-tokens, or the size of a FineWeb-Edu sample."""
+    sample = None
+    if not args.demo and args.dataset == "HuggingFaceFW/fineweb-edu":
+        sample = FINEWEB_TOKENS.get(args.name)
+    if args.max_tokens is not None:
+        return min(args.max_tokens, sample or args.max_tokens)
+    return sample
+
+
+def check_free_space(out: Path, tokens: int) -> None:
+    """Stop before starting when the disk of `out` cannot take `tokens` more tokens."""
+    need = int(2 * tokens * DISK_HEADROOM)
+    free = shutil.disk_usage(out).free
+    if free < need:
+        raise UserError(f"not enough disk space: {out} has {_size(free)} free, the shards need about {_size(need)} "
+                        f"({tokens:,} tokens at 2 bytes each, plus 5%); free some space or use a bigger volume")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# sharding, with resume and repair
 
 STATE_FILE = ".fineweb_state.json"
+STATE_VERSION = 2
 
 
 def _source_config(args: argparse.Namespace) -> dict:
@@ -384,13 +537,21 @@ def _source_config(args: argparse.Namespace) -> dict:
 
 
 def _save_state(out: Path, state: dict) -> None:
-    tmp = out / (STATE_FILE + ".tmp")
-    tmp.write_text(json.dumps(state, indent=1))
-    os.replace(tmp, out / STATE_FILE)
+    path, tmp = out / STATE_FILE, out / (STATE_FILE + ".tmp")
+    text = json.dumps(state, indent=1)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise _write_failed(path, e, len(text)) from None
 
 
 def _load_state(out: Path, config: dict) -> dict:
-    fresh = {"config": config, "shards": 0, "docs": 0, "skip": 0, "tokens": 0, "done": False}
+    """The state file: the settings and input it was made with, each finished shard (its tokens, bytes and start
+    position), where the next shard starts, and whether the prep is done."""
+    fresh = {"version": STATE_VERSION, "config": config, "input": None, "shards": [], "next": START, "tokens": 0,
+             "done": False}
     path = out / STATE_FILE
     if not path.exists():
         if any(out.glob(f"{SHARD_PREFIX}_*.npy")):
@@ -400,16 +561,121 @@ def _load_state(out: Path, config: dict) -> dict:
         state = json.loads(path.read_text())
     except json.JSONDecodeError:
         raise UserError(f"{path} is corrupt; delete {out} and start again") from None
+    if state.get("version") != STATE_VERSION:
+        raise UserError(f"{path} comes from an older fineweb.py that did not record its shards one by one, so this one "
+                        f"cannot check or resume them (a finished {out} trains as it is); use another --out")
     if state.get("config") != config:
         raise UserError(f"{out} holds shards made with different settings ({state.get('config')}); use another --out")
     return state
 
 
-def build_shards(args: argparse.Namespace, docs: Iterable[str] | None = None) -> dict:
-    """Tokenize the documents into shards in args.out, resuming from a previous partial run. Returns the state."""
+def damaged_shards(out: Path, state: dict) -> list[int]:
+    """The finished shards that are missing, or whose size or token count is not what the state file recorded."""
+    bad = []
+    for i, shard in enumerate(state["shards"]):
+        path = out / shard_name(i)
+        try:
+            ok = path.stat().st_size == shard["bytes"] and len(read_shard(path)) == shard["tokens"]
+        except (OSError, UserError):
+            ok = False
+        if not ok:
+            bad.append(i)
+    return bad
+
+
+def _position(docs: Documents, doc: int, skip: int) -> dict:
+    restart_doc, restart = docs.restart_point(doc)
+    return {"doc": doc, "skip": skip, "restart_doc": restart_doc, "restart": restart}
+
+
+def _shard_tokens(args: argparse.Namespace, state: dict, index: int) -> int:
+    """Tokens shard `index` holds: as recorded, for a shard to rebuild; for a new one, a full shard or what is left
+    of --max-tokens."""
+    if index < len(state["shards"]):
+        return state["shards"][index]["tokens"]
+    if args.max_tokens is None:
+        return args.shard_size
+    return min(args.shard_size, args.max_tokens - state["tokens"])
+
+
+def _finish_shard(out: Path, state: dict, index: int, tokens: np.ndarray, start: dict, after: dict) -> None:
+    path = out / shard_name(index)
+    write_shard(path, tokens)
+    shard = {"tokens": len(tokens), "bytes": path.stat().st_size, "start": start}
+    if index < len(state["shards"]):  # rebuilt
+        state["shards"][index] = shard
+    else:
+        state["shards"].append(shard)
+        state.update(next=after, tokens=state["tokens"] + len(tokens))
+    _save_state(out, state)
+
+
+def write_shards(args: argparse.Namespace, out: Path, state: dict, index: int, rebuild: bool,
+                 docs: Iterable[str] | None = None) -> None:
+    """Tokenize the input from where shard `index` starts: rebuild only that recorded shard, or write new shards
+    from there to the end of the input or of --max-tokens. The state file is saved after each shard."""
     from tqdm import tqdm
-    if docs is None:
-        docs = demo_documents() if args.demo else hf_documents(args.dataset, args.name, args.text_column)
+    start = state["shards"][index]["start"] if rebuild else state["next"]
+    want = _shard_tokens(args, state, index)
+    if want <= 0:
+        return
+    stream = open_documents(args, state["input"], start, docs)
+    bar = tqdm(total=want if rebuild else expected_tokens(args), initial=0 if rebuild else state["tokens"], unit="tok",
+               unit_scale=True, desc=f"{out / shard_name(index)}" if rebuild else str(out), smoothing=0.05,
+               dynamic_ncols=True, mininterval=1.0)
+    buf = np.empty(args.shard_size, dtype=np.uint16)
+    fill, doc_base, skip = 0, start["doc"], start["skip"]
+    with contextlib.closing(stream), bar, \
+            contextlib.closing(tokenized_batches(stream, args.workers, args.batch_docs)) as batches:
+        for flat, lengths in batches:
+            starts = np.concatenate([[0], np.cumsum(lengths)])  # document d spans flat[starts[d]:starts[d+1]]
+            pos, skip = skip, 0
+            while pos < len(flat):
+                take = min(want - fill, len(flat) - pos)
+                buf[fill:fill + take] = flat[pos:pos + take]
+                fill, pos = fill + take, pos + take
+                bar.update(take)
+                if fill == want:
+                    d = int(np.searchsorted(starts, pos, side="right")) - 1  # the document `pos` falls in
+                    after = _position(stream, doc_base + d, int(pos - starts[d]))
+                    _finish_shard(out, state, index, buf[:fill], start, after)
+                    if rebuild:
+                        return
+                    index, start, fill = index + 1, after, 0
+                    want = _shard_tokens(args, state, index)
+                    if want <= 0:
+                        return
+            doc_base += len(lengths)
+        if rebuild:
+            raise UserError(f"the input ended before {shard_name(index)} was complete: "
+                            "it changed since that shard was written")
+        if fill:
+            _finish_shard(out, state, index, buf[:fill], start, _position(stream, doc_base, 0))
+
+
+def _kept(out: Path, state: dict) -> str:
+    return f"{len(state['shards'])} finished shards kept in {out}"
+
+
+def _report(args: argparse.Namespace, out: Path, state: dict) -> None:
+    """Say what the folder holds. Training needs a training shard: without one, remove the val shard and fail."""
+    n, val = len(state["shards"]), state["shards"][0]["tokens"]
+    train = state["tokens"] - val
+    if train == 0:
+        (out / shard_name(0)).unlink(missing_ok=True)
+        (out / STATE_FILE).unlink(missing_ok=True)
+        if args.max_tokens is not None and args.max_tokens <= args.shard_size:
+            fix = f"use a --max-tokens above --shard-size ({args.shard_size:,}) or a smaller --shard-size"
+        else:
+            fix = f"the input is smaller than one shard (--shard-size {args.shard_size:,}): use a smaller --shard-size"
+        raise UserError(f"no training shard: all {val:,} tokens went into the val shard (shard 0); {fix}. "
+                        f"Nothing was kept in {out}")
+    print(f"{out}: {n} shards: {val:,} val tokens (shard 0) and {train:,} train tokens (shards 1 to {n - 1})")
+
+
+def build_shards(args: argparse.Namespace, docs: Iterable[str] | None = None) -> dict:
+    """Tokenize the input into shards in args.out. A rerun first rebuilds finished shards that went missing or do not
+    match the state file, then resumes an unfinished prep where it stopped. Returns the state."""
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -418,78 +684,98 @@ def build_shards(args: argparse.Namespace, docs: Iterable[str] | None = None) ->
         probe.unlink()
     except OSError as e:
         raise UserError(f"cannot write to output folder {out}: {e.strerror}") from None
-    config = _source_config(args)
-    state = _load_state(out, config)
-    if state["done"]:
-        print(f"{out}: already complete ({state['shards']} shards, {state['tokens']:,} tokens)")
-        return state
-    if state["shards"]:
-        print(f"{out}: resuming after {state['shards']} finished shards ({state['tokens']:,} tokens)")
-    docs = itertools.islice(docs, state["docs"], None)  # documents wholly inside finished shards
-    skip = state["skip"]  # tokens of the next document already inside a finished shard
+    state = _load_state(out, _source_config(args))
+    source = _source_identity(args, state["input"])
+    if state["input"] is not None and source != state["input"]:
+        raise UserError(f"the input is not the one the prep in {out} started with (files added, removed or resized, or "
+                        "another Python for --demo); restore it or use another --out")
+    state["input"] = source
 
-    limit = args.max_tokens  # for the progress bar's ETA
-    if limit is None and not args.demo and args.dataset == "HuggingFaceFW/fineweb-edu":
-        limit = FINEWEB_TOKENS.get(args.name)
-    bar = tqdm(total=limit, initial=state["tokens"], unit="tok", unit_scale=True, desc=str(out), smoothing=0.05,
-               dynamic_ncols=True, mininterval=1.0)
-    buf = np.empty(args.shard_size, dtype=np.uint16)
-    fill, doc_base, tokens = 0, state["docs"], state["tokens"]
-
-    def finish_shard() -> None:
-        write_shard(out / shard_name(state["shards"]), buf[:fill])
-        state.update(shards=state["shards"] + 1, tokens=tokens)
+    bad = damaged_shards(out, state)
+    if bad:
+        names = ", ".join(shard_name(i) for i in bad[:3]) + (", ..." if len(bad) > 3 else "")
+        print(f"{out}: {len(bad)} finished shards missing or damaged ({names}); rebuilding them")
+    elif state["done"]:
+        print(f"{out}: already complete ({len(state['shards'])} shards checked)")
+    if not state["done"]:
+        total = expected_tokens(args)
+        if total is not None:
+            check_free_space(out, total - state["tokens"])
+        if state["shards"]:
+            print(f"{out}: resuming after {len(state['shards'])} finished shards ({state['tokens']:,} tokens)")
+    if bad or not state["done"]:
+        try:
+            for i in bad:
+                write_shards(args, out, state, i, rebuild=True, docs=docs)
+            if not state["done"]:
+                write_shards(args, out, state, len(state["shards"]), rebuild=False, docs=docs)
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (see main)
+            raise UserError(f"interrupted; {_kept(out, state)}. Run the same command again to resume.") from None
+        except DiskFull as e:
+            raise UserError(f"{e}; {_kept(out, state)}. Free some space and run the same command again to resume.") \
+                from None
+        except UserError as e:
+            if not state["shards"]:
+                raise
+            raise UserError(f"{e}; {_kept(out, state)}. Run the same command again to resume.") from None
+        except Exception as e:  # e.g. the network dropped mid-stream: finished shards stay, a rerun resumes
+            raise UserError(f"reading the dataset failed ({first_line(e)}); {_kept(out, state)}. "
+                            "Run the same command again to resume.") from None
+        if state["tokens"] == 0:
+            (out / STATE_FILE).unlink(missing_ok=True)
+            raise UserError("the input has no documents; nothing written")
+        state["done"] = True
         _save_state(out, state)
-
-    try:
-        for flat, lengths in tokenized_batches(docs, args.workers, args.batch_docs):
-            starts = np.concatenate([[0], np.cumsum(lengths)])  # document d spans flat[starts[d]:starts[d+1]]
-            pos = skip
-            skip = 0
-            while pos < len(flat):
-                take = min(args.shard_size - fill, len(flat) - pos)
-                if args.max_tokens is not None:
-                    take = min(take, args.max_tokens - tokens)
-                buf[fill:fill + take] = flat[pos:pos + take]
-                fill, pos, tokens = fill + take, pos + take, tokens + take
-                bar.update(take)
-                limit_hit = args.max_tokens is not None and tokens >= args.max_tokens
-                if fill == args.shard_size or limit_hit:
-                    d = int(np.searchsorted(starts, pos, side="right")) - 1  # the document `pos` falls in
-                    state.update(docs=doc_base + d, skip=int(pos - starts[d]))
-                    finish_shard()
-                    fill = 0
-                if limit_hit:
-                    break
-            doc_base += len(lengths)
-            if args.max_tokens is not None and tokens >= args.max_tokens:
-                break
-        if fill:
-            state.update(docs=doc_base, skip=0)
-            finish_shard()
-    except KeyboardInterrupt:
-        bar.close()
-        raise UserError(f"interrupted; {state['shards']} finished shards kept in {out}. "
-                        "Run the same command again to resume.") from None
-    except Exception as e:  # e.g. the network dropped mid-stream: finished shards stay, a rerun resumes
-        bar.close()
-        raise UserError(f"reading the dataset failed ({first_line(e)}); {state['shards']} finished shards kept in "
-                        f"{out}. Run the same command again to resume.") from None
-    bar.close()
-    if tokens == 0:
-        (out / STATE_FILE).unlink(missing_ok=True)
-        raise UserError("the input has no documents; nothing written")
-    state["done"] = True
-    _save_state(out, state)
-    print(f"{out}: {state['shards']} shards, {tokens:,} tokens (shard 0 is validation)")
+    _report(args, out, state)
     return state
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# command line
+
+def get_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Tokenize a corpus into GPT-2 uint16 token shards.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    # what to read
+    p.add_argument("--dataset", default="HuggingFaceFW/fineweb-edu",
+                   help="Hugging Face Hub dataset id, or a local directory / file(s) of .parquet, .jsonl/.json or .txt")
+    p.add_argument("--name", default="sample-10BT", help="hub dataset config (ignored for local files)")
+    p.add_argument("--text-column", default="text", help="column holding the document text")
+    p.add_argument("--demo", action="store_true",
+                   help=f"tokenize English text shipped inside Python (no download); writes to {DEMO_OUT}/")
+    # what to write
+    p.add_argument("--out", default=None, help=f"output folder (default: edu_fineweb10B, or {DEMO_OUT} with --demo)")
+    p.add_argument("--shard-size", type=int, default=None,
+                   help=f"tokens per shard (default: 100M, or {DEMO_SHARD_SIZE} with --demo)")
+    p.add_argument("--max-tokens", type=int, default=None, help="stop after this many tokens (a quick subset)")
+    # how
+    p.add_argument("--workers", type=int, default=default_workers(),
+                   help="tokenizer processes; the default is RUNPOD_CPU_COUNT, else the cgroup CPU quota, "
+                        "else the CPUs this process may run on")
+    p.add_argument("--batch-docs", type=int, default=512, help="documents per tokenizer task")
+    args = p.parse_args(argv)
+    # --demo only sets defaults: an explicit flag always wins
+    if args.out is None:
+        args.out = DEMO_OUT if args.demo else "edu_fineweb10B"
+    if args.shard_size is None:
+        args.shard_size = DEMO_SHARD_SIZE if args.demo else 100_000_000
+    if args.shard_size < 1 or args.workers < 1 or args.batch_docs < 1 or (args.max_tokens is not None and args.max_tokens < 1):
+        p.error("--shard-size, --workers, --batch-docs and --max-tokens must be positive")
+    return args
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> None:
     args = get_args(argv)
     print("fineweb.py config: " + json.dumps(vars(args)))
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill PID`, or a container stopping, ends the run as Ctrl-C does
     try:
         build_shards(args)
+    except KeyboardInterrupt:  # before any shard work started
+        fail("fineweb.py", "interrupted; run the same command again to resume")
     except UserError as e:
         fail("fineweb.py", e)
 

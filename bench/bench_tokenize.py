@@ -57,7 +57,7 @@ def run_ours(docs: list[str], workers: int, batch_docs: int) -> int:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="tokenizer processes")
+    p.add_argument("--workers", type=int, default=fineweb.default_workers(), help="tokenizer processes")
     p.add_argument("--doc-chars", type=int, default=4500, help="mean document length in characters")
     p.add_argument("--repeat", type=int, default=3, help="copies of the corpus (longer, steadier timing)")
     p.add_argument("--batch-docs", type=int, default=512, help="documents per task in fineweb.py's pipeline")

@@ -1,8 +1,10 @@
 """fineweb.py: the offline GPT-2 tokenizer, the shard format, and corpus -> shards on local files."""
 
+import errno
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -116,6 +118,23 @@ def test_list_shards_ignores_unfinished_temp_files(tmp_path):
     assert [p.name for p in fineweb.list_shards(tmp_path, "train")] == ["edufineweb_train_000001.npy"]
 
 
+def test_read_shard_names_a_file_that_is_not_a_token_array_and_says_how_to_rebuild_it(tmp_path):
+    good = tmp_path / "good.npy"
+    fineweb.write_shard(good, np.arange(1000))
+    data = good.read_bytes()
+    cases = {"pickled.npy": None, "truncated.npy": data[:500], "cut_header.npy": data[:20], "empty.npy": b"",
+             "text.npy": b"not a numpy file at all\n" * 10}
+    np.save(tmp_path / "pickled.npy", np.array([1, "two", None], dtype=object), allow_pickle=True)
+    for name, content in cases.items():
+        if content is not None:
+            (tmp_path / name).write_bytes(content)
+        with pytest.raises(fineweb.UserError) as e:
+            fineweb.read_shard(tmp_path / name)
+        message = str(e.value)
+        assert str(tmp_path / name) in message and "rerun the fineweb.py command" in message, message
+        assert "\n" not in message
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # corpus -> shards
 
@@ -220,6 +239,124 @@ def test_rerun_of_a_finished_folder_keeps_it_and_other_settings_are_refused(tmp_
         fineweb.build_shards(args_for(src, tmp_path / "out", "--shard-size", "128"))
 
 
+def test_max_tokens_below_one_shard_fails_instead_of_writing_only_the_val_shard(tmp_path):
+    src = write_jsonl(tmp_path / "docs.jsonl", DOCS)
+    expected = (r"no training shard: all 800 tokens went into the val shard \(shard 0\); "
+                r"use a --max-tokens above --shard-size \(1,000\)")
+    with pytest.raises(fineweb.UserError, match=expected):
+        fineweb.build_shards(args_for(src, tmp_path / "out", "--shard-size", "1000", "--max-tokens", "800",
+                                      "--workers", "1"))
+    assert not list((tmp_path / "out").iterdir())  # nothing kept: a rerun with other settings can use the folder
+
+
+def count_parquet_rows(monkeypatch, stop_after_tables: int | None = None) -> list[int]:
+    """Record the rows that `datasets` reads from the parquet files (one entry per table it reads); optionally fail
+    like a dropped connection once `stop_after_tables` tables were read."""
+    from datasets.packaged_modules.parquet.parquet import Parquet
+    original = Parquet._generate_tables
+    rows: list[int] = []
+
+    def counted(self, *args, **kwargs):
+        for key, table in original(self, *args, **kwargs):
+            if stop_after_tables is not None and len(rows) == stop_after_tables:
+                raise ConnectionError("connection reset by peer")
+            rows.append(len(table))
+            yield key, table
+
+    monkeypatch.setattr(Parquet, "_generate_tables", counted)
+    return rows
+
+
+def test_resume_reads_on_from_the_row_group_it_reached_instead_of_the_start(tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    docs = DOCS * 4
+    src = tmp_path / "pq"
+    src.mkdir()
+    for i in range(3):  # 3 files of 80 rows, in row groups of 10
+        pq.write_table(pa.table({"text": docs[80 * i:80 * (i + 1)]}), src / f"part{i}.parquet", row_group_size=10)
+    common = ["--shard-size", "250", "--workers", "1", "--batch-docs", "4"]
+    fineweb.build_shards(args_for(src, tmp_path / "straight", *common))
+
+    with monkeypatch.context() as m:  # the connection drops after 12 row groups
+        count_parquet_rows(m, stop_after_tables=12)
+        with pytest.raises(fineweb.UserError, match="reading the dataset failed.*connection reset.*Run the same"):
+            fineweb.build_shards(args_for(src, tmp_path / "resumed", *common))
+    state = json.loads((tmp_path / "resumed" / fineweb.STATE_FILE).read_text())
+    next_doc = state["next"]["doc"]
+    assert len(state["shards"]) >= 2 and state["next"]["restart"] is not None
+
+    with monkeypatch.context() as m:
+        rows = count_parquet_rows(m)
+        assert fineweb.build_shards(args_for(src, tmp_path / "resumed", *common))["done"]
+    # It read on from the restart point (at most one batch of 4 documents before the next shard's first document);
+    # `datasets` resumes there by reading, and skipping, up to two row groups of 10 rows. Not all 240 from the start.
+    assert sum(rows) <= len(docs) - next_doc + 4 + 2 * 10, (sum(rows), next_doc)
+    straight = sorted(p.name for p in (tmp_path / "straight").glob("*.npy"))
+    assert sorted(p.name for p in (tmp_path / "resumed").glob("*.npy")) == straight
+    for name in straight:
+        assert (tmp_path / "resumed" / name).read_bytes() == (tmp_path / "straight" / name).read_bytes()
+
+
+def test_resume_refuses_local_files_that_changed_since_the_prep_started(tmp_path):
+    src = write_jsonl(tmp_path / "docs.jsonl", DOCS * 4)
+    common = ["--shard-size", "250", "--workers", "1", "--batch-docs", "4"]
+    with pytest.raises(fineweb.UserError, match="interrupted; [1-9][0-9]* finished shards kept"):
+        fineweb.build_shards(args_for(src, tmp_path / "out", *common), docs=interrupt_after(DOCS * 4, 150))
+    write_jsonl(src, DOCS * 4 + ["one more document"])
+    with pytest.raises(fineweb.UserError, match="not the one the prep .* started with"):
+        fineweb.build_shards(args_for(src, tmp_path / "out", *common))
+
+
+def test_rerun_rebuilds_finished_shards_that_went_missing_or_were_damaged(tmp_path, capsys):
+    src = write_jsonl(tmp_path / "docs.jsonl", DOCS * 2)
+    common = ["--shard-size", "300", "--workers", "1", "--batch-docs", "4"]
+    out = tmp_path / "out"
+    fineweb.build_shards(args_for(src, out, *common))
+    original = {p.name: p.read_bytes() for p in out.glob("*.npy")}
+    assert len(original) > 8
+    (out / fineweb.shard_name(2)).unlink()  # lost
+    (out / fineweb.shard_name(5)).write_bytes(original[fineweb.shard_name(5)][:300])  # truncated by a full disk
+    np.save(out / fineweb.shard_name(7), np.array(["not", "tokens"], dtype=object), allow_pickle=True)
+    untouched = {p.name: p.stat().st_mtime_ns for p in out.glob("*.npy")
+                 if p.name not in {fineweb.shard_name(i) for i in (5, 7)}}
+    capsys.readouterr()
+
+    state = fineweb.build_shards(args_for(src, out, *common))
+    assert "3 finished shards missing or damaged" in capsys.readouterr().out
+    assert state["done"] and {p.name: p.read_bytes() for p in out.glob("*.npy")} == original
+    assert {name: (out / name).stat().st_mtime_ns for name in untouched} == untouched  # only the bad ones rewritten
+
+
+def test_full_disk_while_writing_is_reported_as_a_full_disk_and_the_rerun_resumes(tmp_path, monkeypatch):
+    """The disk fills up in the third shard, after its .npy header: the write of its tokens raises ENOSPC as the file
+    system would (simulated here; test_cli_full_disk_on_a_tiny_tmpfs fills a real one where it may mount)."""
+    src = write_jsonl(tmp_path / "docs.jsonl", DOCS)
+    common = ["--shard-size", "1000", "--workers", "1", "--batch-docs", "4"]
+    fineweb.build_shards(args_for(src, tmp_path / "straight", *common))
+    write_header, headers = np.lib.format.write_array_header_1_0, []
+
+    def header_then_full_disk(f, header):
+        write_header(f, header)
+        headers.append(header)
+        if len(headers) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    out = tmp_path / "out"
+    with monkeypatch.context() as m:
+        m.setattr(np.lib.format, "write_array_header_1_0", header_then_full_disk)
+        with pytest.raises(fineweb.UserError) as e:
+            fineweb.build_shards(args_for(src, out, *common))
+    message = str(e.value)
+    assert message.startswith(f"disk full: writing {out / fineweb.shard_name(2)} needs 2.1 kB, its disk has ")
+    assert "free; 2 finished shards kept in" in message and "Free some space and run the same command" in message
+    assert "reading the dataset" not in message
+    assert {p.name for p in out.iterdir()} == {fineweb.STATE_FILE, fineweb.shard_name(0), fineweb.shard_name(1)}
+    assert fineweb.build_shards(args_for(src, out, *common))["done"]
+    for p in (tmp_path / "straight").glob("*.npy"):
+        assert (out / p.name).read_bytes() == p.read_bytes()
+
+
 def test_demo_corpus_is_over_a_million_tokens_of_english(demo_shards):
     val = fineweb.list_shards(demo_shards, "val")
     train = fineweb.list_shards(demo_shards, "train")
@@ -232,6 +369,54 @@ def test_demo_corpus_is_over_a_million_tokens_of_english(demo_shards):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# the machine: CPUs and disk
+
+def write_files(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+def test_cgroup_cpu_quota_v2_and_v1(tmp_path):
+    assert fineweb.cgroup_cpu_limit(write_files(tmp_path / "v2", {"cpu.max": "250000 100000\n"})) == 3
+    assert fineweb.cgroup_cpu_limit(write_files(tmp_path / "v2_none", {"cpu.max": "max 100000\n"})) is None
+    v1 = {"cpu,cpuacct/cpu.cfs_quota_us": "400000\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"}
+    assert fineweb.cgroup_cpu_limit(write_files(tmp_path / "v1", v1)) == 4
+    v1_none = {"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}
+    assert fineweb.cgroup_cpu_limit(write_files(tmp_path / "v1_none", v1_none)) is None
+    assert fineweb.cgroup_cpu_limit(tmp_path / "no_cgroup_files") is None
+
+
+def test_default_workers_runpod_cpu_count_then_cgroup_quota_then_affinity_never_the_hosts_count(tmp_path, monkeypatch):
+    monkeypatch.setenv("RUNPOD_CPU_COUNT", "7")
+    assert fineweb.get_args([]).workers == 7
+    monkeypatch.delenv("RUNPOD_CPU_COUNT")
+    monkeypatch.setattr(fineweb, "CGROUP_ROOT", write_files(tmp_path / "quota", {"cpu.max": "100000 100000\n"}))
+    assert fineweb.get_args([]).workers == 1
+    monkeypatch.setattr(fineweb, "CGROUP_ROOT", tmp_path / "no_quota")
+    allowed = os.sched_getaffinity(0)
+    if len(allowed) < 2:
+        pytest.skip("needs 2 CPUs to pin this process to fewer CPUs than the machine has")
+    try:  # pinned to one CPU, as a container's cpuset would: the default follows, not os.cpu_count()
+        os.sched_setaffinity(0, {min(allowed)})
+        assert fineweb.default_workers() == 1 < os.cpu_count()
+    finally:
+        os.sched_setaffinity(0, allowed)
+
+
+def test_disk_check_stops_before_reading_when_the_shards_cannot_fit(tmp_path):
+    src = write_jsonl(tmp_path / "docs.jsonl", DOCS)
+    huge = str(10**15)  # 2 PB of shards
+    with pytest.raises(fineweb.UserError, match=r"not enough disk space: .* free, the shards need about 2100000\.0 GB"):
+        fineweb.build_shards(args_for(src, tmp_path / "out", "--max-tokens", huge, "--workers", "1"))
+    assert not list((tmp_path / "out").glob("*.npy"))
+    sizes = {name: fineweb.expected_tokens(fineweb.get_args(["--name", name])) * 2 * fineweb.DISK_HEADROOM / 1e9
+             for name in ("sample-10BT", "sample-100BT")}
+    assert sizes == pytest.approx({"sample-10BT": 21.0, "sample-100BT": 210.0})  # GB, as the README says
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # the command line: bad input gets one line and a non-zero exit
 
 def test_cli_jsonl_with_hf_transfer_set_but_not_installed(tmp_path):
@@ -239,7 +424,9 @@ def test_cli_jsonl_with_hf_transfer_set_but_not_installed(tmp_path):
     proc = run_cli("--dataset", str(src), "--out", str(tmp_path / "out"), "--shard-size", "500",
                    env={"HF_HUB_ENABLE_HF_TRANSFER": "1"})
     assert proc.returncode == 0, proc.stderr
-    assert "config" in proc.stdout and "shards" in proc.stdout
+    assert "config" in proc.stdout
+    assert proc.stdout.strip().splitlines()[-1].endswith(
+        f"shards: 500 val tokens (shard 0) and {len(expected_stream(DOCS)) - 500:,} train tokens (shards 1 to 20)")
     assert "hf_transfer" not in proc.stderr.lower()
     assert np.array_equal(read_all(tmp_path / "out")[1], expected_stream(DOCS))
 
@@ -259,3 +446,64 @@ def test_cli_bad_inputs_fail_with_one_line(tmp_path):
                           "could not read dataset", "Hugging Face Hub")
     for o in ("o1", "o2", "o3", "o4"):  # nothing that training would read was left behind
         assert not list((tmp_path / o).glob("*.npy")) if (tmp_path / o).exists() else True
+
+
+
+
+SIGTERM_RUN = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+import fineweb
+
+def documents():  # the demo corpus, stood in for by documents that send SIGTERM once the pool is busy
+    for i in range(20_000):
+        if i == 2_000:
+            os.killpg(0, signal.SIGTERM) if {group} else os.kill(os.getpid(), signal.SIGTERM)
+        yield f"Document {{i}}: " + "a few words, and then some more. " * 12
+
+fineweb.demo_documents = documents
+fineweb.main(["--demo", "--out", {out!r}, "--workers", "2", "--shard-size", "10000", "--batch-docs", "64"])
+"""
+
+
+@pytest.mark.parametrize("target", ["process", "process group"])
+def test_sigterm_stops_quietly_like_ctrl_c_and_keeps_finished_shards(tmp_path, target):
+    """`kill PID` (the process) and `kill -- -PID` (its process group, as train.sh prints) while two tokenizer
+    workers are busy."""
+    out = tmp_path / "out"
+    code = SIGTERM_RUN.format(root=str(ROOT), group=target == "process group", out=str(out))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          start_new_session=True)  # its own process group, so killpg reaches nothing else
+    state = json.loads((out / fineweb.STATE_FILE).read_text())
+    n = len(state["shards"])
+    assert proc.returncode == 1 and n > 0
+    assert proc.stderr.strip().splitlines()[-1] == (f"fineweb.py: interrupted; {n} finished shards kept in {out}. "
+                                                    "Run the same command again to resume.")
+    assert "Traceback" not in proc.stderr and "Error" not in proc.stderr
+    assert fineweb.damaged_shards(out, state) == [] and len(list(out.glob("*.npy"))) == n
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_cli_full_disk_on_a_tiny_tmpfs(tmp_path):
+    """A real full disk: a 64 kB tmpfs (where this test may mount one, as root; skipped elsewhere)."""
+    small = tmp_path / "small"
+    small.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)], capture_output=True) \
+        if os.geteuid() == 0 and shutil.which("mount") else None
+    if mount is None or mount.returncode != 0:
+        pytest.skip("needs root and the right to mount a tmpfs")
+    try:
+        src = write_jsonl(tmp_path / "docs.jsonl", DOCS * 8)  # about 160 kB of shards
+        common = ["--dataset", str(src), "--shard-size", "2000", "--workers", "1"]
+        proc = run_cli(*common, "--out", str(small / "out"))
+        assert_one_line_error(proc, "disk full: writing", "finished shards kept", "Free some space")
+        kept = sorted(p.name for p in (small / "out").glob("*.npy"))
+        assert kept and not list((small / "out").glob(".*.tmp"))
+        assert all(len(fineweb.read_shard(small / "out" / name)) == 2000 for name in kept)
+        subprocess.run(["mount", "-o", "remount,size=1m", str(small)], check=True)
+        proc = run_cli(*common, "--out", str(small / "out"))
+        assert proc.returncode == 0, proc.stderr
+        assert "resuming after" in proc.stdout
+        assert np.array_equal(read_all(small / "out")[1], expected_stream(DOCS * 8))
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
