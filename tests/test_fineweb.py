@@ -81,7 +81,8 @@ def test_package_built_tokenizer_equals_tiktokens_own_loader(tmp_path):
     for name in ("vocab.bpe", "encoder.json"):
         key = hashlib.sha1((fineweb.GPT2_BPE_URL + name).encode()).hexdigest()
         (tmp_path / key).write_bytes((data / name).read_bytes())
-    code = ("import tiktoken, fineweb, json; a = tiktoken.get_encoding('gpt2'); b = fineweb._gpt2_from_package_files(); "
+    code = ("import tiktoken, fineweb, json; a = tiktoken.get_encoding('gpt2'); "
+            "b = fineweb._gpt2_from_package_files(); "
             "t = 'Héllo wörld!  \\n\\t It\\'s 2024: naïve café 🤖 ' * 3; "
             "print(json.dumps([a._mergeable_ranks == b._mergeable_ranks, a.encode_ordinary(t) == b.encode_ordinary(t), "
             "fineweb._tiktoken_has_gpt2_cached()]))")
