@@ -309,6 +309,25 @@ def test_resume_refuses_local_files_that_changed_since_the_prep_started(tmp_path
         fineweb.build_shards(args_for(src, tmp_path / "out", *common))
 
 
+def test_a_resumed_hub_prep_asks_for_the_commit_it_started_with(tmp_path, monkeypatch):
+    """No network here: this checks the wiring (the recorded commit is reused, not looked up again, and is what
+    `datasets` is asked to stream), not a download."""
+    import datasets
+    args = fineweb.get_args(["--out", str(tmp_path / "out")])
+    pinned = {"revision": "0123456789abcdef0123456789abcdef01234567"}
+    assert fineweb._source_identity(args, pinned) == pinned
+    asked = []
+
+    def load_dataset(*args, **kwargs):
+        asked.append(kwargs)
+        raise ConnectionError("no route to the Hub")
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    with pytest.raises(fineweb.UserError, match="could not read dataset 'HuggingFaceFW/fineweb-edu'"):
+        fineweb.open_documents(args, pinned, fineweb.START)
+    assert asked[0]["revision"] == pinned["revision"] and asked[0]["name"] == "sample-10BT"
+
+
 def test_rerun_rebuilds_finished_shards_that_went_missing_or_were_damaged(tmp_path, capsys):
     src = write_jsonl(tmp_path / "docs.jsonl", DOCS * 2)
     common = ["--shard-size", "300", "--workers", "1", "--batch-docs", "4"]
