@@ -71,7 +71,7 @@ def test_from_pretrained_copies_every_weight_including_the_attention_biases(tiny
 
 def test_help_shows_the_124m_defaults():
     text = subprocess.run([sys.executable, SCRIPT, "--help"], capture_output=True, text=True, cwd=ROOT).stdout
-    for default in ("default: 524288", "default: 6e-04", "default: 715", "default: edu_fineweb10B", "default: d12"):
+    for default in ("default: 524288", "default: 0.0006", "default: 715", "default: edu_fineweb10B", "default: d12"):
         assert default in " ".join(text.split()), default
     assert "default: None" not in text
 
