@@ -208,7 +208,7 @@ def test_the_loss_keeps_no_fp32_copy_of_the_logits_and_equals_cross_entropy():
     saved.clear()
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            F.cross_entropy(half, targets, ignore_index=-1)  # what the model did before: an fp32 log-softmax kept for backward
+            F.cross_entropy(half, targets, ignore_index=-1)  # the old loss: keeps an fp32 log-softmax for backward
     assert any(t.dtype == torch.float32 and t.numel() >= logits.numel() for t in saved)
 
 
