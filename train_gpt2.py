@@ -963,13 +963,16 @@ class Preflight:
 
     def attempt(self, name: str, fn: Callable[[], str]) -> bool:
         """Run fn (which returns the reason it passed); an error a person can act on fails the check."""
+        at = len(self.checks)  # checks fn makes come after this one
         try:
-            return self.check(name, True, fn())
+            ok, reason = True, fn()
         except torch.cuda.OutOfMemoryError:
-            return self.check(name, False, f"CUDA out of memory at --batch-size {self.figures['batch_size']} - "
-                                           "lower --batch-size (accumulation keeps --total-batch-size)")
+            ok, reason = False, (f"CUDA out of memory at --batch-size {self.figures['batch_size']} - "
+                                 "lower --batch-size (accumulation keeps --total-batch-size)")
         except (UserError, OSError, RuntimeError) as e:
-            return self.check(name, False, first_line(e))
+            ok, reason = False, first_line(e)
+        self.checks.insert(at, (name, "pass" if ok else "FAIL", reason))
+        return ok
 
 
 def check_shards(args: argparse.Namespace, pf: Preflight) -> bool:

@@ -225,3 +225,12 @@ def test_the_loader_reads_the_next_micro_batch_ahead_and_gives_the_same_tokens(s
                                         ("NVIDIA H200 NVL", 835e12), ("Some New GPU", None)])
 def test_mfu_uses_the_peak_of_the_gpu_variant(name, peak):
     assert train_gpt2.peak_flops("cuda", name) == peak
+
+
+def test_gpu_check_script_runs_tiny_on_cpu_and_prints_the_results_table():
+    proc = subprocess.run([str(ROOT / "bench" / "gpu_check.sh"), "--cpu-smoke"], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT, env={**__import__("os").environ, "PYTHON": sys.executable})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    table = proc.stdout[proc.stdout.index("| what |"):]
+    assert "| preflight, d12 64 x 1024, compile | passed: shards pass, train steps pass" in table
+    assert "| bench_train.py, compile off |" in table and "| HellaSwag scoring |" in table
