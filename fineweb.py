@@ -51,7 +51,11 @@ def first_line(e: BaseException) -> str:
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """--help shows the module docstring as written, and each option's default."""
+    """--help shows the module docstring as written, and each option's default (a None default is explained in the
+    option's own help, so it is not shown)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        return action.help if action.default is None else super()._get_help_string(action)
 
 
 def add_device_option(p: argparse.ArgumentParser) -> None:
