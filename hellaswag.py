@@ -61,6 +61,8 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     # how
     p.add_argument("--batch-size", type=int, default=32, help="examples per forward pass (4 rows each)")
     add_device_option(p)
+    p.add_argument("--dtype", choices=["bfloat16", "float32"], default="float32",
+                   help="bfloat16 autocasts the forward passes (the ending losses stay fp32)")
     p.add_argument("--verbose", action=argparse.BooleanOptionalAction, default=False,
                    help="print a few examples with the loss of each ending")
     args = p.parse_args(argv)
@@ -321,7 +323,7 @@ def main(argv: list[str] | None = None) -> None:
         model = load_model(args.model, device)[0]
     except (UserError, OSError) as e:
         fail("hellaswag.py", first_line(e))
-    autocast = torch.bfloat16 if device == "cuda" else None
+    autocast = torch.bfloat16 if args.dtype == "bfloat16" else None
     print(f"hellaswag.py: {args.model} on {device}, {len(examples)} examples from "
           f"{args.data or Path(args.cache_dir) / f'hellaswag_{args.split}.jsonl'}", file=sys.stderr)
 

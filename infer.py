@@ -43,6 +43,8 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=42, help="the same seed gives the same text on the same device")
     # hardware
     add_device_option(p)
+    p.add_argument("--dtype", choices=["bfloat16", "float32"], default=None,
+                   help="bfloat16 autocasts the forward passes (default on CUDA); float32 (default elsewhere)")
     p.add_argument("--kv-cache", action=argparse.BooleanOptionalAction, default=True,
                    help="reuse keys/values of earlier positions (--no-kv-cache recomputes the window every token)")
     # export
@@ -105,14 +107,15 @@ class TextStream:
 
 def sample(model: GPT, prompt: list[int], num_samples: int = 4, max_new_tokens: int = 32, temperature: float = 1.0,
            top_k: int | None = 50, top_p: float | None = None, seed: int = 42, use_cache: bool = True,
-           stream: TextStream | None = None) -> list[list[int]]:
+           stream: TextStream | None = None, dtype: str = "float32") -> list[list[int]]:
     """num_samples continuations of the prompt token ids: a list of max_new_tokens ids each. With a stream (one
-    sample), each token is written as soon as it exists; otherwise tokens stay on the device until the end."""
+    sample), each token is written as soon as it exists; otherwise tokens stay on the device until the end.
+    dtype bfloat16 runs the forward passes under bf16 autocast (the KV cache is then bf16 too)."""
     device = next(model.parameters()).device
     idx = torch.tensor(prompt, dtype=torch.long, device=device).expand(num_samples, -1).contiguous()  # (B, T)
     generator = torch.Generator(device=device).manual_seed(seed)
     new = []  # max_new_tokens tensors of (B, 1)
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=dtype == "bfloat16"):
         steps = generate(model, idx, max_new_tokens, temperature, top_k, top_p, generator, use_cache)
         for nxt in tqdm(steps, total=max_new_tokens, desc="sampling", unit="tok", leave=False,
                         disable=True if stream is not None else None):
@@ -189,6 +192,7 @@ def run(args: argparse.Namespace) -> None:
             raise UserError("the prompt is empty - pass some text to continue")
 
     device = pick_device(args.device)
+    dtype = args.dtype or ("bfloat16" if device == "cuda" else "float32")
     model, spec = load(args.checkpoint, device)
     enc = get_tokenizer()
     tokens = enc.encode(prompt or "", allowed_special={"<|endoftext|>"})
@@ -210,7 +214,7 @@ def run(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     try:
         samples = sample(model, tokens, args.num_samples, args.max_new_tokens, args.temperature, args.top_k or None,
-                         args.top_p, args.seed, args.kv_cache, stream)
+                         args.top_p, args.seed, args.kv_cache, stream, dtype)
     except KeyboardInterrupt:
         print(file=sys.stdout if stream is not None else sys.stderr)
         sys.exit(130)
@@ -222,7 +226,7 @@ def run(args: argparse.Namespace) -> None:
             print(f"--- sample {i + 1} ---\n{prompt}{enc.decode(new)}\n")
     n_new = args.num_samples * args.max_new_tokens
     print(f"infer.py: {args.num_samples} x {args.max_new_tokens} new tokens in {dt:.2f}s = {n_new / dt:.1f} tok/s "
-          f"({'kv cache' if args.kv_cache else 'full recompute'}, {device})", file=sys.stderr)
+          f"({'kv cache' if args.kv_cache else 'full recompute'}, {device}, {dtype})", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> None:

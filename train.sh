@@ -34,7 +34,9 @@ usage() {
     cat <<EOF
 usage: ./train.sh [options] [CHECKPOINT [EPOCHS]] [-- train_gpt2.py options]
 
-Runs torchrun train_gpt2.py in the background (it keeps going after you log out), writes everything to
+First runs train_gpt2.py --preflight with the same options, attached (every part of the job once, at the real
+shapes: a few steps, each eval, a checkpoint; the time and cost of the whole run); a failed preflight starts nothing.
+Then runs torchrun train_gpt2.py in the background (it keeps going after you log out), writes everything to
 LOG_DIR/train-<time>.log, prints how to follow it and returns. On a RunPod pod it then stops or removes the pod.
 
 positional:
@@ -47,6 +49,7 @@ options:
   --log-dir DIR    checkpoints and logs (default: log, or log/demo with --preset demo)
   --prep           run fineweb.py first when the data shards are missing
   --foreground     stay attached to the terminal (local runs, tests)
+  --no-preflight   start training without running train_gpt2.py --preflight first
   --keep-pod       leave the RunPod pod running when training ends
   --no-pod-check   start even when runpodctl cannot reach the pod now (it is tried again at the end)
   -h, --help       this help
@@ -94,6 +97,7 @@ keep_pod=0
 pod_check=1
 log_dir=""
 prep=0
+preflight=1
 detached_child=0  # 1 in the copy of train.sh that runs in the background
 while (($#)); do
     case $1 in
@@ -106,6 +110,7 @@ while (($#)); do
         --keep-pod) keep_pod=1; shift ;;
         --no-pod-check) pod_check=0; shift ;;
         --prep) prep=1; shift ;;
+        --no-preflight) preflight=0; shift ;;
         --detached-child) detached_child=1; shift ;;  # internal: how train.sh restarts itself in the background
         --) shift; extra=("$@"); break ;;
         -*) die "unknown option $1 - see ./train.sh --help (train_gpt2.py options go after --)" ;;
@@ -536,6 +541,17 @@ fi
 
 logfile="$log_dir/train-$(date +%Y%m%d-%H%M%S).log"
 printf '%s\n' "${plan[@]}" >>"$logfile"
+
+# --- the preflight: the same command with --preflight, attached, so its screen is read before logging out ---
+
+if ((preflight)) && ! have_shards; then
+    echo "train.sh: no preflight: the shards are made first (--prep); train_gpt2.py checks them when it starts"
+elif ((preflight)); then
+    tee_log=$logfile say "train.sh: preflight: ${cmd[*]} --preflight"
+    rc=0
+    tee_log=$logfile run_logged "${cmd[@]}" --preflight || rc=$?
+    ((rc == 0)) || die "the preflight failed (exit code $rc): nothing started - fix what it says above ($log_dir/preflight.json has it too), or start with --no-preflight"
+fi
 if ((foreground)); then
     tee_log=$logfile
     say "train.sh: logging to $logfile"

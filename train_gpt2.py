@@ -14,13 +14,16 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import socket
+import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlparse
@@ -115,6 +118,32 @@ def hub_unreachable() -> bool:
         return not any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"))
 
 
+class ChunkedCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of logits (N, vocab) against targets (N,) (-1 = ignored), in fp32 a chunk of rows at a time;
+    the gradient is made in the same pass and kept in the logits' dtype. So no fp32 (N, vocab) tensor ever exists:
+    F.cross_entropy under autocast upcasts all the logits and keeps an fp32 log-softmax for backward, about 26 GB
+    at 64 x 1024 x 50304 (the bf16 logits and their gradient here: 13 GB)."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+        valid = targets != -1
+        count = valid.sum().clamp(min=1)
+        grad, total = torch.empty_like(logits), torch.zeros((), device=logits.device)
+        for s in range(0, logits.size(0), chunk):
+            y, keep = targets[s:s + chunk].clamp(min=0).unsqueeze(1), valid[s:s + chunk].unsqueeze(1)
+            logp = logits[s:s + chunk].float().log_softmax(dim=-1)  # (chunk, vocab) fp32, the only one alive
+            total = total - (logp.gather(1, y) * keep).sum()
+            g = logp.exp_().scatter_add_(1, y, -torch.ones_like(y, dtype=logp.dtype))  # softmax - one-hot
+            grad[s:s + chunk] = g * keep / count
+        ctx.save_for_backward(grad)
+        return total / count
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (grad,) = ctx.saved_tensors
+        return grad * grad_out.to(grad.dtype), None, None
+
+
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -166,7 +195,7 @@ class GPT(nn.Module):
         logits = self.lm_head(x)  # (B, T, vocab)
         if targets is None:
             return logits, None
-        return logits, F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits, ChunkedCrossEntropy.apply(logits.view(-1, logits.size(-1)), targets.reshape(-1))
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str) -> "GPT":
@@ -226,11 +255,13 @@ def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: fl
     tokens and each step is a full forward (positions shift, so cached keys no longer apply), as full recompute."""
     block = model.config.block_size
     cache = None
-    param = next(model.parameters())
+    device = next(model.parameters()).device
+    autocast = torch.is_autocast_enabled(device.type)  # the cache holds keys in the dtype attention runs in
+    dtype = torch.get_autocast_dtype(device.type) if autocast else next(model.parameters()).dtype
     for _ in range(max_new_tokens):
         if use_cache and idx.size(1) <= block:
             if cache is None:
-                cache = KVCache(model.config, idx.size(0), param.device, param.dtype)
+                cache = KVCache(model.config, idx.size(0), device, dtype)
                 logits, _ = model(idx, cache=cache)
             else:
                 logits, _ = model(idx[:, -1:], cache=cache)
@@ -251,7 +282,8 @@ class ShardLoader:
     shard a permutation of its sequences (shuffle=False keeps file order, for validation). Step s of an epoch
     takes the sequences [s * N, (s + 1) * N), N = seqs_per_step; micro-step m of rank r takes its B of them at
     (m * world_size + r) * B. So a step's global batch is the same for any number of processes, ranks never
-    overlap, and the position in the data is just the step number."""
+    overlap, and the position in the data is just the step number. batch() reads the next micro-batch ahead in a
+    background thread (its pages may come from a cold network volume), and adds the time it waited to wait_s."""
 
     def __init__(self, folder: str, split: str, seq_len: int, seqs_per_step: int, seed: int, shuffle: bool = True):
         try:
@@ -263,6 +295,9 @@ class ShardLoader:
         self.n_seqs = int(self.counts.sum())
         self.steps_per_epoch = self.n_seqs // seqs_per_step  # the remainder (< one step) is left out each epoch
         self._epoch, self._order, self._ends, self._perms = -1, None, None, {}
+        self._ahead: tuple[tuple, Future] | None = None  # (the batch() arguments it is for, its tokens)
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="shard-read-ahead")
+        self.wait_s = 0.0  # seconds batch() spent waiting for tokens
 
     def _layout(self, epoch: int) -> None:
         """The shard order of this epoch, and where each shard's sequences end in it."""
@@ -297,8 +332,18 @@ class ShardLoader:
 
     def batch(self, step: int, micro: int, rank: int, world_size: int, batch_size: int,
               device: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inputs and targets (B, T) int64 on device; pinned memory and an async copy on CUDA."""
-        buf = torch.from_numpy(self.sequences(step, micro, rank, world_size, batch_size).astype(np.int64))
+        """Inputs and targets (B, T) int64 on device; pinned memory and an async copy on CUDA. Starts reading the
+        micro-batch after this one (the next step's first after the last micro-step)."""
+        t0, key = time.perf_counter(), (step, micro, rank, world_size, batch_size)
+        ahead, self._ahead = self._ahead, None
+        tokens = ahead[1].result() if ahead else None  # always waited for: sequences() is not run twice at once
+        if ahead is None or ahead[0] != key:
+            tokens = self.sequences(*key).astype(np.int64)
+        self.wait_s += time.perf_counter() - t0
+        more = micro + 1 < self.N // (world_size * batch_size)
+        nxt = (step, micro + 1) if more else (step + 1, 0)
+        self._ahead = (nxt + key[2:], self._reader.submit(lambda: self.sequences(*nxt, *key[2:]).astype(np.int64)))
+        buf = torch.from_numpy(tokens)
         buf = buf.pin_memory().to(device, non_blocking=True) if device.startswith("cuda") else buf.to(device)
         return buf[:, :-1], buf[:, 1:]
 
@@ -348,14 +393,18 @@ def train_step(model: nn.Module, raw: GPT, optimizer: torch.optim.Optimizer, nex
     return loss_sum, norm
 
 
-PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "B200": 2250e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12,
-                   "RTX 4090": 165e12, "RTX 3090": 71e12}  # dense bf16 FLOP/s by GPU name, for MFU
+# Dense bf16 FLOP/s by a part of the GPU's name, for MFU; the first match wins, so variants come before their family.
+# NVIDIA's datasheets give these with sparsity (twice as much): H100 SXM 1979, PCIe 1513, NVL 1671; H200 1979, NVL 1671.
+PEAK_BF16_FLOPS = {"H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 989e12, "H200 NVL": 835e12, "H200": 989e12,
+                   "B200": 2250e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12, "RTX 4090": 165e12,
+                   "RTX 3090": 71e12}
 
 
-def peak_flops(device: str) -> float | None:
-    if not device.startswith("cuda"):
+def peak_flops(device: str, name: str | None = None) -> float | None:
+    """The dense bf16 peak of a CUDA device (or of a GPU called name), None when unknown."""
+    if name is None and not device.startswith("cuda"):
         return None
-    name = torch.cuda.get_device_name(device)
+    name = name or torch.cuda.get_device_name(device)
     return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
 
 
@@ -652,6 +701,15 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     fineweb.add_device_option(p)
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the model (default: on for CUDA, off elsewhere)")
+    p.add_argument("--dtype", choices=["bfloat16", "float32"], default=None,
+                   help="bfloat16: autocast the forward passes (default on CUDA); float32 (default elsewhere)")
+    # preflight
+    p.add_argument("--preflight", action=argparse.BooleanOptionalAction, default=False,
+                   help="instead of training: check data, steps, evals, checkpoint and disk at the real shapes, "
+                        "estimate time and cost, write LOG_DIR/preflight.json; exit 1 if a check fails")
+    p.add_argument("--preflight-steps", type=int, default=4, help="optimizer steps the preflight runs (2+)")
+    p.add_argument("--gpu-hour-price", type=float, default=float(os.environ.get("GPU_HOUR_PRICE") or 0) or None,
+                   help="price of one GPU-hour, for the preflight's cost estimate (default: $GPU_HOUR_PRICE)")
 
     known, _ = p.parse_known_args(argv)  # the preset first: its values become defaults, so explicit flags win
     preset = dict(PRESETS.get(known.preset, {}))
@@ -675,6 +733,8 @@ def check_args(args: argparse.Namespace, world_size: int) -> None:
     if args.epochs <= 0 or args.lr <= 0 or min(args.max_steps, args.keep_checkpoints, args.eval_every,
                                                  args.hellaswag_every, args.sample_every) < 0:
         raise UserError("--epochs and --lr must be positive; --max-steps, --keep-checkpoints, --*-every must be >= 0")
+    if args.preflight_steps < 2:
+        raise UserError(f"--preflight-steps must be at least 2 (the first one compiles), got {args.preflight_steps}")
     if args.n_embd % args.n_head:
         raise UserError(f"--n-embd {args.n_embd} is not a multiple of --n-head {args.n_head}")
     per_step = args.batch_size * args.seq_len * world_size  # tokens of one micro-step over all processes
@@ -717,7 +777,9 @@ def start_run(args: argparse.Namespace) -> Run:
     rank, local_rank, world, device, is_master = setup_distributed(args.device)
     check_args(args, world)
     cuda = device.startswith("cuda")
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()  # MPS and CPU train in fp32
+    args.dtype = args.dtype or ("bfloat16" if cuda else "float32")
+    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if args.dtype == "bfloat16" \
+        else nullcontext()  # weights and optimizer state stay fp32; bf16 autocast runs the matmuls
     if cuda:
         torch.set_float32_matmul_precision("high")  # TF32 for whatever runs outside autocast
     if not Path(args.data).is_dir():
@@ -757,7 +819,7 @@ def start_run(args: argparse.Namespace) -> Run:
               accum=args.total_batch_size // (args.batch_size * args.seq_len * world), total_steps=total_steps,
               last_step=min(total_steps, args.max_steps) if args.max_steps else total_steps, raw=raw,
               compiled=compiled, model=model, optimizer=optimizer,
-              log=RunLog(args.log_dir, is_master, args.wandb, vars(args)))
+              log=RunLog(args.log_dir, is_master and not args.preflight, args.wandb, vars(args)))
     print0(f"train_gpt2.py config: {json.dumps(vars(args))}")
     print0(f"{raw.num_params() / 1e6:.1f}M parameters | {world} process(es) on {device} | {run.accum} micro-steps "
            f"of {args.batch_size} x {args.seq_len} per step | {train_data.steps_per_epoch} steps per epoch | "
@@ -784,7 +846,7 @@ def run_evals(run: Run, step: int) -> None:
         print0(f"step {step:5d} | val loss {run.last_val:.4f}")
         run.log.event("val", step=step, loss=run.last_val)
     if due(args.hellaswag_every) and run.hellaswag_examples:
-        dtype = torch.bfloat16 if run.device.startswith("cuda") else None
+        dtype = torch.bfloat16 if args.dtype == "bfloat16" else None  # the ending losses are fp32 either way
         result = hellaswag.evaluate(run.raw, run.hellaswag_examples, run.device, rank=run.rank,
                                     world_size=run.world, autocast_dtype=dtype)
         print0(f"step {step:5d} | HellaSwag acc_norm {result['acc_norm']:.4f} ({result['n']} examples)")
@@ -795,11 +857,13 @@ def run_evals(run: Run, step: int) -> None:
             run.log.event("sample", step=step, text=text)
 
 
-def save_run(run: Run) -> None:
-    """Rank 0 saves everything an exact resume needs; the others wait until it is written."""
+def save_run(run: Run, path: Path | None = None) -> None:
+    """Rank 0 saves everything an exact resume needs; the others wait until it is written. A path other than the
+    step's model_*.pt (the preflight's) rotates nothing."""
     if run.rank == 0:
         step, per_epoch = run.step, run.train_data.steps_per_epoch
-        path = Path(run.args.log_dir) / f"model_{step:05d}.pt"
+        keep = run.args.keep_checkpoints if path is None else 0
+        path = path or Path(run.args.log_dir) / f"model_{step:05d}.pt"
         cuda = run.device.startswith("cuda")
         save_checkpoint(path, {
             "model": run.raw.state_dict(), "optimizer": run.optimizer.state_dict(), "step": step,
@@ -807,7 +871,7 @@ def save_run(run: Run) -> None:
                                                    "steps_per_epoch": per_epoch},
             "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if cuda else []},
             "config": vars(run.args), "model_config": asdict(run.raw.config), "val_loss": run.last_val,
-            "final": step == run.last_step}, run.args.keep_checkpoints)
+            "final": step == run.last_step}, keep)
         print0(f"saved {path}")
         run.log.event("checkpoint", step=step, path=str(path))
     if run.world > 1:
@@ -860,7 +924,8 @@ def train(args: argparse.Namespace) -> int:
         while run.step < run.last_step:
             stop = optimizer_step(run)
             run.step += 1
-            run_evals(run, run.step)
+            if not stop:  # a stop saves at once: torchrun's grace period is short
+                run_evals(run, run.step)
             if run.step % args.checkpoint_every == 0 or run.step == run.last_step or stop:
                 save_run(run)
             if stop and run.step < run.last_step:
@@ -878,12 +943,266 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# preflight: every part of the real job once, at its real shapes and on its real hardware, before the hours are paid
+
+PREFLIGHT_CKPT = "preflight_checkpoint.pt"  # not model_*.pt: --resume auto never picks it, rotation never counts it
+PREFLIGHT_HELLASWAG = 64  # HellaSwag examples the preflight scores, split over the ranks
+SHARD_SAMPLE = 1 << 20  # tokens read from the start, middle and end of each shard
+
+
+@dataclass
+class Preflight:
+    """The checks (name, "pass" | "FAIL" | "off", reason) and measured figures of a preflight."""
+    checks: list
+    figures: dict
+
+    def check(self, name: str, ok: bool | None, reason: str) -> bool:
+        self.checks.append((name, "off" if ok is None else "pass" if ok else "FAIL", reason))
+        return bool(ok) or ok is None
+
+    def attempt(self, name: str, fn: Callable[[], str]) -> bool:
+        """Run fn (which returns the reason it passed); an error a person can act on fails the check."""
+        at = len(self.checks)  # checks fn makes come after this one
+        try:
+            ok, reason = True, fn()
+        except torch.cuda.OutOfMemoryError:
+            ok, reason = False, (f"CUDA out of memory at --batch-size {self.figures['batch_size']} - "
+                                 "lower --batch-size (accumulation keeps --total-batch-size)")
+        except (UserError, OSError, RuntimeError) as e:
+            ok, reason = False, first_line(e)
+        self.checks.insert(at, (name, "pass" if ok else "FAIL", reason))
+        return ok
+
+
+def check_shards(args: argparse.Namespace, pf: Preflight) -> bool:
+    """Every shard opens as 1-D uint16, and the tokens read from its start, middle and end are GPT-2 ids."""
+    tokens, names = {"train": 0, "val": 0}, []
+    for split in tokens:
+        for path in fineweb.list_shards(args.data, split):
+            try:
+                shard = fineweb.read_shard(path)
+            except (UserError, OSError, ValueError) as e:
+                return pf.check("shards", False, f"{path.name}: {first_line(e)} - rebuild it with fineweb.py")
+            for start in sorted({0, max(0, len(shard) // 2 - SHARD_SAMPLE // 2), max(0, len(shard) - SHARD_SAMPLE)}):
+                window = np.asarray(shard[start:start + SHARD_SAMPLE])
+                if window.size and int(window.max()) >= GPT2_VOCAB:
+                    return pf.check("shards", False, f"{path.name} holds token id {int(window.max())}, not below "
+                                                     f"GPT-2's {GPT2_VOCAB} - rebuild it with fineweb.py")
+            tokens[split] += len(shard)
+            names.append(path)
+    pf.figures.update(train_tokens=tokens["train"], val_tokens=tokens["val"], shards=len(names))
+    return pf.check("shards", bool(tokens["train"]),
+                    f"{len(names)} shards, {tokens['train']:,} train + {tokens['val']:,} val tokens; start, middle "
+                    f"and end of each read: 1-D uint16, ids < {GPT2_VOCAB}" if tokens["train"] else
+                    f"no training shards in {args.data}/ - run fineweb.py")
+
+
+def preflight_steps(run: Run, pf: Preflight) -> str:
+    """A few real optimizer steps: compile time, step time, tok/s, MFU, loader wait, peak device memory."""
+    args, cuda, times = run.args, run.device.startswith("cuda"), []
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(run.device)
+    run.train_data.wait_s = 0.0
+    for _ in range(args.preflight_steps):
+        t0 = time.perf_counter()
+        optimizer_step(run)  # ends with the step's one host sync, so the time is the step's
+        times.append(time.perf_counter() - t0)
+        run.step += 1
+    step_s = statistics.median(times[1:])
+    tok_s, peak = args.total_batch_size / step_s, peak_flops(run.device)
+    pf.figures.update(compile_s=max(0.0, times[0] - step_s), step_s=step_s, tok_per_s=tok_s,
+                      mfu=flops_per_token(run.raw.config, run.raw.num_params(True)) * tok_s / (peak * run.world)
+                      if peak else None, loader_wait_ms_per_step=1000 * run.train_data.wait_s / len(times))
+    if cuda:
+        used, total = torch.cuda.max_memory_reserved(run.device), torch.cuda.get_device_properties(run.device)
+        pf.figures.update(peak_memory_gb=torch.cuda.max_memory_allocated(run.device) / 1e9,
+                          reserved_gb=used / 1e9, device_memory_gb=total.total_memory / 1e9)
+        pf.check("memory", used < 0.95 * total.total_memory, memory_advice(run, used, total.total_memory))
+    else:
+        pf.check("memory", None, f"not measured on {run.device}")
+    return f"{len(times)} steps of {run.accum} x {args.batch_size} x {args.seq_len} tokens per process, finite loss"
+
+
+def memory_advice(run: Run, used: int, total: int) -> str:
+    """The peak against the card, and the largest --batch-size that should fit when the headroom is short."""
+    state = 16 * run.raw.num_params()  # fp32 weights, gradients and AdamW's two moments
+    per_seq = max(1, (used - state) / run.args.batch_size)
+    fits = [b for b in range(1, run.accum * run.args.batch_size + 1)
+            if run.accum * run.args.batch_size % b == 0 and state + b * per_seq < 0.9 * total]
+    text = f"peak {used / 1e9:.1f} GB reserved of {total / 1e9:.1f} GB, headroom {(total - used) / 1e9:.1f} GB"
+    if used >= 0.9 * total:
+        text += f" - short: --batch-size {max(fits) if fits else 1} should fit"
+    return text
+
+
+def timed_eval(run: Run, name: str, key: str, examples: list, pf: Preflight) -> str:
+    """One eval as training runs it (run_evals with only this one due), timed; val twice when compiled, as its
+    first call compiles. Returns what it measured."""
+    others = {k: 0 for k in ("eval_every", "hellaswag_every", "sample_every") if k != key}
+    view = replace(run, args=argparse.Namespace(**{**vars(run.args), **others}), last_step=run.step,
+                   hellaswag_examples=examples)
+    times = []
+    for _ in range(2 if name == "val" and run.compiled is not run.raw else 1):
+        t0 = time.perf_counter()
+        run_evals(view, run.step)
+        times.append(time.perf_counter() - t0)
+    pf.figures[f"{name}_s"] = times[-1]
+    what = {"val": f"val loss {view.last_val or 0:.4f}", "sample": "with the KV cache",
+            "hellaswag": f"{len(examples)} examples over {run.world} rank(s)"}[name]
+    first = f" ({times[0]:.1f} s the first time: it compiles)" if len(times) > 1 else ""
+    return f"{what}, as in training, {times[-1]:.1f} s{first}"
+
+
+def preflight_evals(run: Run, pf: Preflight) -> None:
+    """Val loss (through the compiled model), HellaSwag on a few examples split over the ranks, and samples."""
+    examples = (run.hellaswag_examples or [])[:PREFLIGHT_HELLASWAG]
+    for name, key in (("val", "eval_every"), ("hellaswag", "hellaswag_every"), ("sample", "sample_every")):
+        if not getattr(run.args, key) or name == "val" and not run.val_steps:
+            pf.check(name, None, f"off (--{key.replace('_', '-')} 0, or no val shard)")
+        elif name == "hellaswag" and not examples:
+            pf.check(name, None, "off: no HellaSwag data, the run trains without it")
+        else:
+            pf.attempt(name, lambda: timed_eval(run, name, key, examples, pf))  # noqa: B023 (called at once)
+    if "hellaswag_s" in pf.figures:
+        pf.figures["hellaswag_examples_per_s"] = len(examples) / pf.figures["hellaswag_s"]
+
+
+def same(a, b) -> bool:
+    """Whether two checkpoint values (nested dicts / lists of tensors and plain data) are equal."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a.cpu(), b.cpu())
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def preflight_checkpoint(run: Run, pf: Preflight) -> str:
+    """Rank 0 writes a checkpoint of the real size into the log dir, times it, reads it back, compares, deletes it;
+    then the free space against the checkpoints the run keeps."""
+    args, path = run.args, Path(run.args.log_dir) / PREFLIGHT_CKPT
+    Path(args.log_dir).mkdir(parents=True, exist_ok=True)
+    try:
+        t0 = time.perf_counter()
+        save_run(replace(run, world=1), path)  # world=1: the barrier is the preflight's, so no rank waits alone
+        save_s, size = time.perf_counter() - t0, path.stat().st_size
+        back = read_checkpoint(path)
+        if not (same(back["model"], run.raw.state_dict()) and same(back["optimizer"], run.optimizer.state_dict())):
+            raise UserError(f"{path} read back differs from what was saved - check the volume")
+    finally:
+        path.unlink(missing_ok=True)
+        path.with_name(f".{path.name}.tmp").unlink(missing_ok=True)
+    pf.figures.update(checkpoint_gb=size / 1e9, checkpoint_save_s=save_s)
+    return f"{size / 1e9:.2f} GB written in {save_s:.1f} s ({size / 1e6 / save_s:.0f} MB/s), read back equal, deleted"
+
+
+def check_disk(run: Run, pf: Preflight, start: int) -> bool:
+    """Free space in the log dir against the checkpoints the run keeps (--keep-checkpoints and the final one)."""
+    args, size = run.args, pf.figures["checkpoint_gb"] * 1e9
+    saves = (run.last_step - start) // args.checkpoint_every + 1
+    kept = min(args.keep_checkpoints + 1, saves) if args.keep_checkpoints else saves
+    free = shutil.disk_usage(args.log_dir).free
+    return pf.check("disk", free > kept * size, f"{free / 1e9:.1f} GB free in {args.log_dir}/; the run keeps up to "
+                                                f"{kept} checkpoint(s) of {size / 1e9:.2f} GB" +
+                    ("" if free > kept * size else " - free some space, or lower --keep-checkpoints"))
+
+
+def ranks_agree(run: Run) -> str:
+    """Under DDP: every rank holds the same parameters (per-tensor sums all-gathered and compared)."""
+    sums = torch.stack([torch.stack([p.double().sum(), p.double().abs().sum()]) for p in run.raw.parameters()])
+    gathered = [torch.empty_like(sums) for _ in range(run.world)]
+    dist.all_gather(gathered, sums)
+    differ = [r for r, g in enumerate(gathered) if not torch.equal(g, gathered[0])]
+    if differ:
+        raise UserError(f"rank(s) {differ} hold parameters that differ from rank 0's after the steps")
+    return f"{run.world} ranks hold identical parameters after the steps"
+
+
+def estimate(run: Run, pf: Preflight, start: int) -> dict:
+    """Wall-clock, GPU-hours and cost of the whole run from `start`, from the measured figures."""
+    args, f = run.args, pf.figures
+    steps = range(start + 1, run.last_step + 1)
+    evals = lambda every: every and sum(s % every == 0 or s == run.last_step for s in steps) + (start == 0)  # noqa: E731
+    parts = {"train": len(steps) * f.get("step_s", 0) + f.get("compile_s", 0),
+             "val": evals(args.eval_every) * f.get("val_s", 0),
+             "hellaswag": evals(args.hellaswag_every) * len(run.hellaswag_examples or []) /
+             f.get("hellaswag_examples_per_s", float("inf")),
+             "sample": evals(args.sample_every) * f.get("sample_s", 0),
+             "checkpoints": (len(steps) // args.checkpoint_every + 1) * f.get("checkpoint_save_s", 0)}
+    total = sum(parts.values())
+    gpu_hours = total * run.world / 3600
+    return dict(steps=len(steps), seconds=total, parts=parts, gpu_hours=gpu_hours, gpu_hour_price=args.gpu_hour_price,
+                cost=gpu_hours * args.gpu_hour_price if args.gpu_hour_price else None)
+
+
+def print_preflight(run: Run, pf: Preflight, est: dict | None) -> None:
+    """One screen: the checks, the figures, the estimate."""
+    f, hms = pf.figures, lambda s: str(timedelta(seconds=int(s)))
+    print0(f"\npreflight: {run.args.model} ({run.raw.num_params() / 1e6:.1f}M parameters), {run.world} process(es) "
+           f"on {f['device_name']}, {run.args.dtype}, compile {'on' if run.compiled is not run.raw else 'off'}")
+    for name, status, reason in pf.checks:
+        print0(f"  {status:4}  {name:11} {reason}")
+    shown = [("compile", "compile_s", "{:.0f} s"), ("step", "step_s", "{:.3f} s"), ("tok/s", "tok_per_s", "{:,.0f}"),
+             ("MFU", "mfu", "{:.1%}"), ("loader wait", "loader_wait_ms_per_step", "{:.1f} ms/step"),
+             ("peak memory", "peak_memory_gb", "{:.1f} GB"), ("val", "val_s", "{:.1f} s"),
+             ("HellaSwag", "hellaswag_examples_per_s", "{:.0f} examples/s"),
+             ("checkpoint", "checkpoint_save_s", "{:.1f} s")]
+    print0("  figures: " + " | ".join(f"{label} {fmt.format(f[key])}" for label, key, fmt in shown
+                                      if f.get(key) is not None))
+    if est is not None:
+        parts = ", ".join(f"{k} {hms(v)}" for k, v in est["parts"].items() if v)
+        cost = f" | cost {est['cost']:,.2f} at {est['gpu_hour_price']} per GPU-hour" if est["cost"] is not None else \
+            " | cost: pass --gpu-hour-price or set GPU_HOUR_PRICE"
+        print0(f"  estimate: {est['steps']:,} steps in {hms(est['seconds'])} ({parts}) | {est['gpu_hours']:.1f} "
+               f"GPU-hours{cost}")
+    failed = [name for name, status, _ in pf.checks if status == "FAIL"]
+    print0(f"preflight {'FAILED: ' + ', '.join(failed) if failed else 'passed'} - written to "
+           f"{Path(run.args.log_dir) / 'preflight.json'}")
+
+
+def preflight(args: argparse.Namespace) -> int:
+    """--preflight: run every part of the real job once at its real shapes, check it, time it, estimate the whole
+    run; print one screen and LOG_DIR/preflight.json. Leaves no checkpoint, log.txt or metrics.jsonl line.
+    Returns 1 when a check failed."""
+    pf = Preflight([], {"batch_size": args.batch_size})
+    if not Path(args.data).is_dir() or not check_shards(args, pf):
+        raise UserError(pf.checks[-1][2] if pf.checks else f"no data folder {args.data}/ - run python fineweb.py")
+    run = start_run(args)
+    start = run.step
+    pf.figures.update(steps_per_epoch=run.train_data.steps_per_epoch, total_steps=run.total_steps,
+                      world_size=run.world, device_name=torch.cuda.get_device_name(run.device)
+                      if run.device.startswith("cuda") else run.device)
+    run.raw.train()
+    if pf.attempt("train steps", lambda: preflight_steps(run, pf)):
+        preflight_evals(run, pf)
+        if run.rank == 0 and pf.attempt("checkpoint", lambda: preflight_checkpoint(run, pf)):
+            check_disk(run, pf, start)
+        if run.world > 1:
+            dist.barrier()
+            pf.attempt("ranks agree", lambda: ranks_agree(run))
+    failed = torch.tensor(sum(status == "FAIL" for _, status, _ in pf.checks), device=run.device)
+    if run.world > 1:
+        dist.all_reduce(failed)  # every rank reaches this: a rank that failed alone still fails the preflight
+    est = estimate(run, pf, start) if "step_s" in pf.figures else None
+    if run.rank == 0:
+        if failed.item() and not any(status == "FAIL" for _, status, _ in pf.checks):
+            pf.check("other ranks", False, f"{int(failed.item())} check(s) failed on other ranks - see their output")
+        report = dict(passed=not failed.item(), checks=[dict(zip(("name", "status", "reason"), c)) for c in pf.checks],
+                      figures=pf.figures, estimate=est, config=vars(args))
+        Path(args.log_dir).mkdir(parents=True, exist_ok=True)
+        (Path(args.log_dir) / "preflight.json").write_text(json.dumps(report, indent=1) + "\n")
+        print_preflight(run, pf, est)
+    return 1 if failed.item() else 0
+
+
 def main(argv: list[str] | None = None) -> None:
     args = get_args(argv)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # HUP: the terminal of a foreground run went away
         signal.signal(sig, request_stop)
     try:
-        code = train(args)
+        code = preflight(args) if args.preflight else train(args)
     except UserError as e:
         fineweb.fail("train_gpt2.py", e)
     if dist.is_initialized():

@@ -214,7 +214,8 @@ def test_two_processes_give_the_same_losses_as_one_with_twice_the_accumulation(t
 
 
 def test_sigterm_saves_a_checkpoint_that_resume_auto_continues(tiny_shards, tmp_path):
-    cmd = [sys.executable, SCRIPT, *TINY, "--data", str(tiny_shards), "--log-dir", str(tmp_path), "--epochs", "30"]
+    cmd = [sys.executable, SCRIPT, *TINY, "--data", str(tiny_shards), "--log-dir", str(tmp_path), "--epochs", "30",
+           "--eval-every", "1"]  # every step is an eval step: the stop must save first, without evaluating
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     for line in proc.stdout:
         if re.match(r"step +\d+/\d+ \| loss", line):
@@ -226,6 +227,7 @@ def test_sigterm_saves_a_checkpoint_that_resume_auto_continues(tiny_shards, tmp_
     assert len(saved) == 1 and "Traceback" not in err
     step = torch.load(saved[0], weights_only=True)["step"]
     assert events(tmp_path, "end")[-1] == {"event": "end", "step": step, "status": "interrupted"}
+    assert step not in [r["step"] for r in events(tmp_path, "val")]
     resumed = train("--data", str(tiny_shards), "--log-dir", str(tmp_path), "--epochs", "30",
                     "--max-steps", str(step + 2))
     assert resumed.returncode == 0

@@ -28,7 +28,13 @@ ON_POD = {"RUNPOD_POD_ID": POD, "RUNPOD_API_KEY": KEY}  # a pod without a networ
 ON_VOLUME = {**ON_POD, "RUNPOD_VOLUME_ID": "vol-1"}  # a pod with a network volume at /workspace
 
 TRAINER = r"""#!/usr/bin/env bash
-# stand-in trainer: records its arguments, environment and session, prints a line, optionally waits for a file, exits
+# stand-in trainer: records its arguments, environment and session, prints a line, optionally waits for a file, exits;
+# as a preflight (--preflight among its arguments) it records them elsewhere and exits with PREFLIGHT_EXIT at once
+if [[ " $* " == *" --preflight "* ]]; then
+    printf '%s\n' "$@" > "$CALLS/preflight.args"
+    echo "stand-in preflight: screen"
+    exit "${PREFLIGHT_EXIT:-0}"
+fi
 trap 'echo "stand-in trainer: checkpoint saved after SIGTERM"; exit 143' TERM
 printf '%s\n' "$@" > "$CALLS/trainer.args"
 env | grep -E '^(RUNPOD_|TORCH_ELASTIC_SHUTDOWN_TIMEOUT=|PATH=)' > "$CALLS/trainer.env"
@@ -373,7 +379,8 @@ def test_rp_environment_is_ignored_when_the_shell_has_the_pod_id(rig):
 def test_ctrl_c_in_a_foreground_run_under_torchrun_leaves_the_pod_running(rig, demo_shards):
     """The real torchrun: Ctrl-C makes the terminal send SIGINT to the foreground process group; torchrun passes it
     to the worker (in its own session), which saves a checkpoint, and then exits with 1, not 130."""
-    cmd = [str(TRAIN_SH), "--foreground", "--nproc", "1", "--log-dir", str(rig.log), "--", "--preset", "demo",
+    cmd = [str(TRAIN_SH), "--foreground", "--no-preflight", "--nproc", "1", "--log-dir", str(rig.log), "--", "--preset",
+           "demo",
            "--data", str(demo_shards), "--hellaswag-every", "0", "--sample-every", "0", "--eval-every", "0"]
     proc = subprocess.Popen(cmd, cwd=rig.root, env=rig_env(rig, trainer=False, **ON_VOLUME), start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -411,7 +418,7 @@ def test_the_printed_kill_reaches_every_torchrun_worker_and_then_the_pod_decisio
     worker = rig.root / "worker.py"
     worker.write_text(WORKER)
     torchrun = Path(sys.executable).parent / "torchrun"
-    r = train_sh(rig, "--log-dir", str(rig.log), "--", "--data", str(rig.data), trainer=False,
+    r = train_sh(rig, "--no-preflight", "--log-dir", str(rig.log), "--", "--data", str(rig.data), trainer=False,
                  TRAIN_CMD=f"{torchrun} --standalone --nproc_per_node=2 {worker}", **ON_VOLUME)
     assert r.returncode == 0, r.stderr
     log_path = Path(r.stdout.split("tail -f ")[1].split()[0])
@@ -475,6 +482,31 @@ def test_killing_the_detached_run_as_printed_lets_training_save_and_ends_the_pod
     wait_until(lambda: pod_status(rig) == "EXITED", log_path)
     log = log_path.read_text()
     assert "checkpoint saved after SIGTERM" in log and "exit code 143 after SIGTERM" in log
+
+
+# --- the preflight ---
+
+def test_the_preflight_runs_attached_with_the_runs_options_before_training_is_detached(rig):
+    go = rig.root / "go"
+    r, log_path = start_detached(rig, go, **ON_VOLUME)
+    assert "stand-in preflight: screen" in r.stdout  # on the terminal, before train.sh returns
+    preflight = (rig.calls / "preflight.args").read_text().splitlines()
+    assert preflight == trainer_args(rig) + ["--preflight"]
+    assert "stand-in preflight: screen" in log_path.read_text()
+    go.touch()
+
+
+def test_a_failed_preflight_starts_nothing_and_says_so_in_one_line(rig):
+    r = train_sh(rig, "--log-dir", str(rig.log), "--", "--data", str(rig.data), PREFLIGHT_EXIT="1", **ON_VOLUME)
+    assert "the preflight failed (exit code 1)" in one_line_error(r) and "--no-preflight" in r.stderr
+    assert "stand-in preflight: screen" in r.stdout
+    assert not (rig.calls / "trainer.args").exists() and runpodctl_calls(rig) == [f"pod get {POD}"]
+
+
+def test_no_preflight_skips_it(rig):
+    r = foreground(rig, "--no-preflight")
+    assert r.returncode == 0 and not (rig.calls / "preflight.args").exists()
+    assert (rig.calls / "trainer.args").exists()
 
 
 # --- the launch command ---
@@ -628,4 +660,6 @@ def test_foreground_demo_run_end_to_end(tmp_path, demo_shards):
     assert list(log_dir.glob("model_*.pt"))
     events = [json.loads(line) for line in (log_dir / "metrics.jsonl").read_text().splitlines()]
     assert sum(e["event"] == "train" for e in events) == 2 and any(e["event"] == "val" for e in events)
-    assert "training ended with exit code 0" in train_log(log_dir)
+    log = train_log(log_dir)
+    assert "training ended with exit code 0" in log and log.index("preflight passed") < log.index("train.sh: running")
+    assert json.loads((log_dir / "preflight.json").read_text())["passed"]
