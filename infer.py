@@ -1,5 +1,6 @@
 """
-Sample text from a GPT-2: a checkpoint written by train_gpt2.py, OpenAI's weights, or a Hugging Face folder.
+Sample text from a GPT-2: a checkpoint of train_gpt2.py, build-nanogpt or nanoGPT, OpenAI's weights, or a Hugging Face
+folder.
 Or export a checkpoint as a Hugging Face transformers folder.
 
     python infer.py log/model_19072.pt "Hello, I'm a language model,"
@@ -33,7 +34,8 @@ from train_gpt2 import GPT, HF_NAMES, generate, load_model, pick_device
 def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     # what to load and what to continue
-    p.add_argument("checkpoint", help="a model_*.pt from train_gpt2.py, a log dir (its newest model_*.pt), "
+    p.add_argument("checkpoint", help="a checkpoint of train_gpt2.py, build-nanogpt or nanoGPT, a log dir or "
+                                      "checkpoints/ folder (its newest model_*.pt), "
                                       "gpt2 | gpt2-medium | gpt2-large | gpt2-xl, or a Hugging Face GPT-2 folder")
     p.add_argument("prompt", nargs="?", help="the text to continue; - reads it from stdin (optional with --export-hf)")
     # sampling
