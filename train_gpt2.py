@@ -518,6 +518,15 @@ def read_checkpoint(path: Path) -> dict:
     return ckpt
 
 
+def head_of(path: Path) -> dict | None:
+    """A checkpoint's small entries, without reading its tensors (mmap); None when it cannot be read."""
+    try:
+        head = load_file(path, mmap=True)
+    except UserError:
+        return None
+    return head if isinstance(head, dict) else None
+
+
 def is_disk_full(e: BaseException | None) -> bool:
     while e is not None:
         if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
@@ -531,6 +540,8 @@ def save_checkpoint(path: Path, state: dict, keep: int) -> None:
     cannot lose the rename), with a CRC32 of the tensors that loading verifies. A full disk is a UserError with the
     sizes, the temp file removed, older checkpoints untouched. Then delete all but the newest `keep` checkpoints,
     only ones this script wrote and can read, and never the one a run ended with (state["final"])."""
+    if path.exists() and (head := head_of(path)) is not None and any(k not in head for k in OURS):
+        raise UserError(f"{path} is another script's checkpoint - not overwriting it; pass another --log-dir")
     state = {**state, "checksum": tensor_checksum(state)}
     tmp = path.with_name(f".{path.name}.tmp")
     try:
@@ -553,11 +564,8 @@ def save_checkpoint(path: Path, state: dict, keep: int) -> None:
     finally:
         os.close(folder)
     for old in list_checkpoints(path.parent)[:-keep] if keep > 0 else []:
-        try:
-            head = load_file(old, mmap=True)  # mmap: reads the small pickle, not the tensors
-        except UserError:
-            continue
-        if old != path and isinstance(head, dict) and all(k in head for k in OURS) and not head.get("final"):
+        head = head_of(old)
+        if old != path and head is not None and all(k in head for k in OURS) and not head.get("final"):
             old.unlink(missing_ok=True)
 
 

@@ -248,7 +248,8 @@ def test_too_little_room_for_two_checkpoints_warns(tmp_path, monkeypatch, capsys
 
 # --- rotation and --resume auto ---
 
-def test_rotation_deletes_only_readable_checkpoints_of_ours_and_never_a_final_one(tmp_path):
+def test_rotation_deletes_only_readable_checkpoints_of_ours_never_a_final_one_and_saving_overwrites_none(
+        tmp_path):
     torch.save({"model": {}, "config": {}}, tmp_path / "model_00001.pt")  # someone else's
     (tmp_path / "model_00002.pt").write_bytes(b"PK\x03\x04 cut short")  # unreadable
     train_gpt2.save_checkpoint(tmp_path / "model_00003.pt", our_state(3, final=True), keep=0)
@@ -257,6 +258,10 @@ def test_rotation_deletes_only_readable_checkpoints_of_ours_and_never_a_final_on
         train_gpt2.save_checkpoint(tmp_path / f"model_{step:05d}.pt", our_state(step), keep=1)
     assert sorted(p.name for p in tmp_path.glob("model_*.pt")) == \
         ["model_00001.pt", "model_00002.pt", "model_00003.pt", "model_00006.pt"]
+    theirs = (tmp_path / "model_00001.pt").read_bytes()
+    with pytest.raises(UserError, match="another script's checkpoint - not overwriting it"):
+        train_gpt2.save_checkpoint(tmp_path / "model_00001.pt", our_state(1), keep=1)
+    assert (tmp_path / "model_00001.pt").read_bytes() == theirs
 
 
 @pytest.fixture(scope="module")
