@@ -1,5 +1,6 @@
 """
-HellaSwag accuracy of a GPT-2: a checkpoint from train_gpt2.py, OpenAI's weights, or a Hugging Face folder.
+HellaSwag accuracy of a GPT-2: a checkpoint (train_gpt2.py, build-nanogpt, nanoGPT), OpenAI's weights, or a Hugging Face
+folder.
 
     python hellaswag.py --model gpt2                      # OpenAI's 124M on the 10042 validation examples
     python hellaswag.py --model log/model_19072.pt        # your run
@@ -49,8 +50,8 @@ ROW_STEP = 32  # rows are padded to a multiple of this (block_size / 32 shapes a
 def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     # what to score
-    p.add_argument("--model", default="gpt2", help="a model_*.pt from train_gpt2.py, gpt2 | gpt2-medium | "
-                                                   "gpt2-large | gpt2-xl, or a Hugging Face GPT-2 folder")
+    p.add_argument("--model", default="gpt2", help="a checkpoint of train_gpt2.py, build-nanogpt or nanoGPT, gpt2 | "
+                                                   "gpt2-medium | gpt2-large | gpt2-xl, or a Hugging Face GPT-2 folder")
     # which examples
     p.add_argument("--data", default=None, help="a local jsonl in the HellaSwag schema (ctx, endings, label) "
                                                 "instead of the downloaded split")

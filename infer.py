@@ -1,5 +1,6 @@
 """
-Sample text from a GPT-2: a checkpoint written by train_gpt2.py, OpenAI's weights, or a Hugging Face folder.
+Sample text from a GPT-2: a checkpoint of train_gpt2.py, build-nanogpt or nanoGPT, OpenAI's weights, or a Hugging Face
+folder.
 Or export a checkpoint as a Hugging Face transformers folder.
 
     python infer.py log/model_19072.pt "Hello, I'm a language model,"
@@ -14,6 +15,8 @@ model came from, the device and the speed go to stderr.
 
 import argparse
 import codecs
+import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -22,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from fineweb import GPT2_VOCAB, HelpFormatter, UserError, add_device_option, fail, get_tokenizer, gpt2_bpe_files
-from train_gpt2 import GPT, HF_NAMES, generate, list_checkpoints, load_model, pick_device
+from train_gpt2 import GPT, HF_NAMES, generate, load_model, pick_device
 
 # ----------------------------------------------------------------------------------------------------------------------
 # config
@@ -31,7 +34,8 @@ from train_gpt2 import GPT, HF_NAMES, generate, list_checkpoints, load_model, pi
 def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     # what to load and what to continue
-    p.add_argument("checkpoint", help="a model_*.pt from train_gpt2.py, a log dir (its newest model_*.pt), "
+    p.add_argument("checkpoint", help="a checkpoint of train_gpt2.py, build-nanogpt or nanoGPT, a log dir or "
+                                      "checkpoints/ folder (its newest model_*.pt), "
                                       "gpt2 | gpt2-medium | gpt2-large | gpt2-xl, or a Hugging Face GPT-2 folder")
     p.add_argument("prompt", nargs="?", help="the text to continue; - reads it from stdin (optional with --export-hf)")
     # sampling
@@ -56,11 +60,17 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ----------------------------------------------------------------------------------------------------------------------
 # loading
 
+CKPT_NAME = re.compile(r"model_(\d+)(?:_(\d+))?\.pt$")  # model_SSSSS.pt, or a build-nanogpt fork's model_EE_SSSSS.pt
+
+
 def resolve_checkpoint(spec: str) -> str:
-    """A log dir becomes its newest model_*.pt (highest step); anything else is passed on as it is."""
+    """A log dir (or a checkpoints/ folder) becomes its newest model_*.pt (highest step, or epoch and step); anything
+    else is passed on as it is."""
     path = Path(spec)
     if path.is_dir() and not (path / "config.json").exists():
-        ckpts = list_checkpoints(path)  # by step
+        found = [(tuple(int(g) for g in m.groups() if g), p) for p in path.glob("model_*.pt")
+                 if (m := CKPT_NAME.match(p.name))]
+        ckpts = [p for _, p in sorted(found)]
         if not ckpts:
             raise UserError(f"{spec} holds no model_*.pt checkpoint and no config.json - "
                             "pass a checkpoint file, a train_gpt2.py log dir or a Hugging Face GPT-2 folder")
@@ -179,8 +189,9 @@ def run(args: argparse.Namespace) -> None:
     """Load, then export and/or sample, as the options ask. UserError for anything a person can fix."""
     if args.num_samples < 1 or args.max_new_tokens < 1:
         raise UserError("--num-samples and --max-new-tokens must be at least 1")
-    if args.temperature < 0 or args.top_k < 0 or (args.top_p is not None and not 0 < args.top_p <= 1):
-        raise UserError("need --temperature >= 0, --top-k >= 0 and 0 < --top-p <= 1")
+    if not 0 <= args.temperature < math.inf or args.top_k < 0 or (args.top_p is not None and not 0 < args.top_p <= 1):
+        raise UserError(f"need a number --temperature >= 0, --top-k >= 0 and 0 < --top-p <= 1 (got {args.temperature}, "
+                        f"{args.top_k}, {args.top_p})")
     if args.prompt is None and args.export_hf is None:
         raise UserError("no prompt - pass the text to continue (or - to read it from stdin)")
     if args.export_hf is not None and Path(args.export_hf).is_file():
@@ -218,6 +229,11 @@ def run(args: argparse.Namespace) -> None:
     except KeyboardInterrupt:
         print(file=sys.stdout if stream is not None else sys.stderr)
         sys.exit(130)
+    except (RuntimeError, torch.OutOfMemoryError) as e:  # the batch and its KV cache do not fit in memory
+        if not isinstance(e, torch.OutOfMemoryError) and "alloc" not in str(e):
+            raise
+        raise UserError(f"--num-samples {args.num_samples} do not fit in memory on {device} (each sample needs its "
+                        "own KV cache) - lower --num-samples") from None
     dt = time.perf_counter() - t0
     if stream is not None:
         print()

@@ -10,6 +10,9 @@ the current step, save a checkpoint and exit; `--resume auto` (the default) cont
 """
 
 import argparse
+import atexit
+import errno
+import fcntl
 import json
 import math
 import os
@@ -20,6 +23,7 @@ import socket
 import statistics
 import sys
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
@@ -285,12 +289,14 @@ class ShardLoader:
     overlap, and the position in the data is just the step number. batch() reads the next micro-batch ahead in a
     background thread (its pages may come from a cold network volume), and adds the time it waited to wait_s."""
 
-    def __init__(self, folder: str, split: str, seq_len: int, seqs_per_step: int, seed: int, shuffle: bool = True):
+    def __init__(self, folder: str, split: str, seq_len: int, seqs_per_step: int, seed: int, shuffle: bool = True,
+                 vocab_size: int = GPTConfig.vocab_size):
         try:
-            self.shards = [fineweb.read_shard(p) for p in fineweb.list_shards(folder, split)]  # memmaps: nothing read
+            self.paths = fineweb.list_shards(folder, split)
+            self.shards = [fineweb.read_shard(p) for p in self.paths]  # memmaps: nothing read
         except (ValueError, OSError) as e:
             raise UserError(f"bad shard: {first_line(e)} - rebuild it with fineweb.py") from None
-        self.T, self.N, self.seed, self.shuffle = seq_len, seqs_per_step, seed, shuffle
+        self.T, self.N, self.seed, self.shuffle, self.vocab_size = seq_len, seqs_per_step, seed, shuffle, vocab_size
         self.counts = np.array([(len(s) - 1) // seq_len if len(s) else 0 for s in self.shards], dtype=np.int64)
         self.n_seqs = int(self.counts.sum())
         self.steps_per_epoch = self.n_seqs // seqs_per_step  # the remainder (< one step) is left out each epoch
@@ -328,6 +334,10 @@ class ShardLoader:
             shard = int(self._order[k])
             j = int(self._perm(shard)[i - (self._ends[k - 1] if k else 0)])  # sequence index inside the shard
             out[b] = self.shards[shard][j * self.T: j * self.T + self.T + 1]
+            if out[b].max() >= self.vocab_size:  # on CUDA an embedding index past the vocab kills every rank
+                raise UserError(f"{self.paths[shard]} holds token id {out[b].max()}, but the model's vocabulary has "
+                                f"{self.vocab_size} - rebuild the shard with fineweb.py, or it was not made with "
+                                "the GPT-2 tokenizer")
         return out
 
     def batch(self, step: int, micro: int, rank: int, world_size: int, batch_size: int,
@@ -359,15 +369,33 @@ def make_optimizer(model: GPT, args: argparse.Namespace, device: str) -> torch.o
     return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95), eps=1e-8, fused=device.startswith("cuda"))
 
 
-def get_lr(step: int, total_steps: int, args: argparse.Namespace) -> float:
-    """Linear warmup, then cosine decay to 10% of --lr at total_steps (and 10% after)."""
+def get_lr(step: int, total_steps: int, args: argparse.Namespace, join: tuple[int, float] | None = None) -> float:
+    """Linear warmup, then cosine decay to 10% of --lr at total_steps (and 10% after). join = (step, lr): a run
+    continued on a longer schedule ramps linearly from the lr it ended with to this schedule over --warmup-steps."""
     min_lr = 0.1 * args.lr
     if step < args.warmup_steps:
-        return args.lr * (step + 1) / args.warmup_steps
-    if step >= total_steps:
-        return min_lr
-    progress = (step - args.warmup_steps) / max(1, total_steps - args.warmup_steps)
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (args.lr - min_lr)
+        lr = args.lr * (step + 1) / args.warmup_steps
+    elif step >= total_steps:
+        lr = min_lr
+    else:
+        progress = (step - args.warmup_steps) / max(1, total_steps - args.warmup_steps)
+        lr = min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (args.lr - min_lr)
+    if join is not None and join[0] <= step < join[0] + args.warmup_steps:
+        lr = join[1] + (lr - join[1]) * (step - join[0] + 1) / args.warmup_steps
+    return lr
+
+
+def schedule_join(ckpt: dict, total_steps: int, steps_per_epoch: int,
+                  args: argparse.Namespace) -> tuple[int, float] | None:
+    """Where a resumed run's lr schedule changed (a larger --epochs after the end of a run): (step, the lr it last
+    trained with), for get_lr's ramp; a ramp still under way continues. None when the schedule is the same."""
+    step, old = ckpt["step"], argparse.Namespace(**ckpt["config"])
+    old_join = tuple(ckpt["lr_join"]) if ckpt.get("lr_join") else None
+    old_total = ckpt.get("total_steps") or max(1, round(old.epochs * steps_per_epoch))
+    if old_total == total_steps:
+        return old_join
+    last_lr = get_lr(step - 1, old_total, old, old_join)
+    return (step, last_lr) if step > 0 and not math.isclose(last_lr, get_lr(step, total_steps, args)) else None
 
 
 def train_step(model: nn.Module, raw: GPT, optimizer: torch.optim.Optimizer, next_batch: Callable, accum: int,
@@ -385,7 +413,7 @@ def train_step(model: nn.Module, raw: GPT, optimizer: torch.optim.Optimizer, nex
         loss = loss / accum  # the accumulated gradient is the mean over the whole step's tokens
         loss_sum += loss.detach()
         loss.backward()
-    norm = torch.nn.utils.clip_grad_norm_(raw.parameters(), grad_clip)
+    norm = torch.nn.utils.clip_grad_norm_(raw.parameters(), grad_clip or math.inf)  # 0: measured, not clipped
     for group in optimizer.param_groups:
         group["lr"] = lr
     optimizer.step()
@@ -468,6 +496,24 @@ def load_hellaswag_examples(path: str | None, world: int, device: str) -> tuple[
 # checkpoints
 
 CKPT_NAME = re.compile(r"model_(\d+)\.pt$")
+OURS = ("model", "model_config", "optimizer", "step", "config")  # what every training checkpoint of ours holds
+
+
+class CheckpointDamaged(UserError):
+    """A file that is truncated, or whose tensors no longer match the checksum saved with them."""
+
+
+class PeerConfig:
+    """Stands in for the GPTConfig dataclass that build-nanogpt pickles into its checkpoints (as __main__.GPTConfig, or
+    model.GPTConfig): a weights-only load may create it and set its fields, and no code of theirs runs."""
+
+
+PEER_GLOBALS = [(PeerConfig, "__main__.GPTConfig"), (PeerConfig, "model.GPTConfig")]
+
+
+def printable(text: str) -> str:
+    """text without terminal escape sequences or control characters (a file's contents must not drive the terminal)."""
+    return re.sub(r"[\x00-\x1f\x7f-\x9f]", "", re.sub(r"\x1b\[[0-?]*[ -/]*[@-~]", "", text))
 
 
 def list_checkpoints(log_dir: str | Path) -> list[Path]:
@@ -476,44 +522,114 @@ def list_checkpoints(log_dir: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: int(CKPT_NAME.match(p.name).group(1)))
 
 
-def read_checkpoint(path: Path, training: bool = True) -> dict:
-    """A checkpoint of this script (with what resuming needs, when training), or UserError with a one-line reason."""
+def tensors(obj) -> Iterator[torch.Tensor]:
+    """Every tensor in a nested dict / list / tuple, in a fixed order (dicts keep theirs through torch.save)."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict | list | tuple):
+        for v in obj.values() if isinstance(obj, dict) else obj:
+            yield from tensors(v)
+
+
+def tensor_checksum(state: dict) -> int:
+    """A CRC32 of each tensor's bytes, on all cores (zlib lets go of the GIL), then one of those CRCs in order: about
+    1 to 2 GB/s per core (bench/bench_checkpoint.py)."""
+    crc = lambda t: zlib.crc32(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())  # noqa: E731
+    with ThreadPoolExecutor(min(16, os.cpu_count() or 1)) as pool:
+        return zlib.crc32(np.array(list(pool.map(crc, tensors(state))), dtype=np.uint32).tobytes())
+
+
+def load_file(path: str | Path, mmap: bool = False) -> object:
+    """torch.load with weights_only=True, so nothing in the file can run code; PeerConfig is allowed under the names
+    other scripts pickle their GPTConfig as. UserError naming the global it refused; CheckpointDamaged otherwise."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, foreign pickle, ...: a person needs the first line
-        raise UserError(f"could not load {path}: not a readable checkpoint ({type(e).__name__}: "
-                        f"{first_line(e)[:200]})") from None
-    needed = ("model", "model_config", "optimizer", "step", "config") if training else ("model", "model_config")
-    if not isinstance(ckpt, dict) or any(k not in ckpt for k in needed):
-        raise UserError(f"could not load {path}: not a train_gpt2.py {'training ' if training else ''}checkpoint "
-                        f"(it needs {', '.join(needed)})")
+        with torch.serialization.safe_globals(PEER_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as e:
+        refused = re.search(r"GLOBAL (\S+) was not an allowed global", str(e))
+        if refused:
+            raise UserError(f"could not load {path}: it pickles {printable(refused.group(1))}, which a safe "
+                            "(weights-only) load refuses - save its state_dict, or a Hugging Face folder, instead") \
+                from None
+        raise CheckpointDamaged(f"could not load {path}: truncated or not a checkpoint ({type(e).__name__}: "
+                                f"{printable(first_line(e))[:200]})") from None
+
+
+def read_checkpoint(path: Path) -> dict:
+    """A training checkpoint of this script with its checksum verified, or UserError (CheckpointDamaged: damaged)."""
+    ckpt = load_file(path)
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in OURS):
+        raise UserError(f"{path} is not a train_gpt2.py training checkpoint (it needs {', '.join(OURS)})")
+    if "checksum" in ckpt and tensor_checksum(ckpt) != ckpt["checksum"]:
+        raise CheckpointDamaged(f"{path} is damaged: its tensors do not match the checksum saved with them")
     return ckpt
 
 
-def is_final(path: Path) -> bool:
-    """Whether a checkpoint was written at the end of a run (mmap: reads the small pickle, not the tensors)."""
+def head_of(path: Path) -> dict | None:
+    """A checkpoint's small entries, without reading its tensors (mmap); None when it cannot be read."""
     try:
-        return bool(torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("final"))
-    except Exception:
-        return False
+        head = load_file(path, mmap=True)
+    except UserError:
+        return None
+    return head if isinstance(head, dict) else None
+
+
+def is_disk_full(e: BaseException | None) -> bool:
+    while e is not None:
+        if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def save_checkpoint(path: Path, state: dict, keep: int) -> None:
-    """Write atomically (a temp file, then rename), then delete all but the newest `keep` checkpoints; the one
-    a run ended with (state["final"], e.g. the end of epoch 1 before a second epoch) is never deleted."""
+    """Write durably: a temp file, fsync'd, renamed over the name, then the folder fsync'd (so a network filesystem
+    cannot lose the rename), with a CRC32 of the tensors that loading verifies. A full disk is a UserError with the
+    sizes, the temp file removed, older checkpoints untouched. Then delete all but the newest `keep` checkpoints,
+    only ones this script wrote and can read, and never the one a run ended with (state["final"])."""
+    if path.exists() and (head := head_of(path)) is not None and any(k not in head for k in OURS):
+        raise UserError(f"{path} is another script's checkpoint - not overwriting it; pass another --log-dir")
+    state = {**state, "checksum": tensor_checksum(state)}
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if not is_disk_full(e):
+            raise
+        need, free = sum(t.nbytes for t in tensors(state)), shutil.disk_usage(path.parent).free
+        raise UserError(f"disk full: {path} needs about {need / 1e6:,.0f} MB and {path.parent} has "
+                        f"{free / 1e6:,.0f} MB free - free some space and rerun (--resume auto continues from the "
+                        "last checkpoint saved)") from None
     os.replace(tmp, path)
-    if keep > 0:
-        for old in list_checkpoints(path.parent)[:-keep]:
-            if old != path and not is_final(old):
-                old.unlink(missing_ok=True)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+    for old in list_checkpoints(path.parent)[:-keep] if keep > 0 else []:
+        head = head_of(old)
+        if old != path and head is not None and all(k in head for k in OURS) and not head.get("final"):
+            old.unlink(missing_ok=True)
+
+
+def check_free_space(log_dir: str, model: GPT) -> None:
+    """Warn when the log dir has room for fewer than two checkpoints (weights and AdamW's two moments)."""
+    need = 3 * sum(p.numel() * p.element_size() for p in model.parameters())
+    free = shutil.disk_usage(log_dir).free
+    if free < 2 * need:
+        print(f"train_gpt2.py: warning: {log_dir} has {free / 1e6:,.0f} MB free, room for fewer than two checkpoints "
+              f"of about {need / 1e6:,.0f} MB - free some space before the first save", file=sys.stderr)
 
 
 def find_resume(args: argparse.Namespace, config: GPTConfig) -> tuple[Path | None, dict | None, list[str]]:
-    """The checkpoint to continue from (--resume auto: the newest one that loads; a path; or none), and why each
-    newer one was passed over. UserError when the one named cannot be resumed from or does not fit the options."""
-    path, ckpt, skipped = None, None, []
+    """The checkpoint to continue from (--resume auto: the newest one that loads; a path; or none), and the damaged
+    newer ones passed over. UserError when the one named cannot be resumed from or does not fit the options, and
+    when --resume auto meets model_*.pt files it cannot resume from and no good checkpoint of ours before them."""
+    path, ckpt, skipped, foreign = None, None, [], []
     if args.resume not in ("auto", "none"):
         if not Path(args.resume).is_file():
             raise UserError(f"--resume {args.resume}: no such file - pass a model_*.pt, auto or none")
@@ -521,24 +637,62 @@ def find_resume(args: argparse.Namespace, config: GPTConfig) -> tuple[Path | Non
             path, ckpt = Path(args.resume), read_checkpoint(Path(args.resume))
         except UserError as e:
             raise UserError(f"--resume: {e}") from None
+    ours = set(list_checkpoints(args.log_dir)) if args.resume == "auto" else set()
+    others = [p for p in Path(args.log_dir).glob("model_*.pt") if p not in ours] if args.resume == "auto" else []
     for candidate in reversed(list_checkpoints(args.log_dir)) if args.resume == "auto" else []:
         try:
             path, ckpt = candidate, read_checkpoint(candidate)
             break
-        except UserError as e:
+        except CheckpointDamaged as e:
             skipped.append(str(e))
+        except UserError:
+            foreign.append(candidate)
+    if foreign or others or (skipped and ckpt is None):
+        names = ", ".join(p.name for p in sorted(foreign + others)) or "; ".join(skipped)
+        raise UserError(f"{args.log_dir}/ holds checkpoints that --resume auto cannot continue from ({names}) - "
+                        "start from their weights with --init-from FILE, or from scratch with --resume none, "
+                        "either with another --log-dir")
     if ckpt is not None and ckpt["model_config"] != asdict(config):
         raise UserError(f"{path} holds a model {ckpt['model_config']}, but the options ask for {asdict(config)} - "
-                        "pass the same --model/--n-*/--seq-len, or --resume none")
+                        "pass the same --model/--n-*/--seq-len/--init-from, or --resume none")
     if ckpt is not None and ckpt["config"].get("total_batch_size") != args.total_batch_size:
         raise UserError(f"{path} was trained with --total-batch-size {ckpt['config'].get('total_batch_size')}; "
                         "resume with the same value (the data position is counted in steps)")
     return path, ckpt, skipped
 
 
+def peer_weights(ckpt: object, path: Path) -> tuple[GPTConfig, dict, str | None]:
+    """(config, state dict for GPT, a note or None) from a checkpoint of this script, of build-nanogpt ({'model',
+    'config': GPTConfig, 'step', 'val_loss'}) or of nanoGPT (ckpt.pt: {'model', 'model_args', ...})."""
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
+        raise UserError(f"could not load {path}: no 'model' state dict in it - pass a checkpoint of train_gpt2.py, "
+                        "build-nanogpt or nanoGPT, a Hugging Face GPT-2 folder, or gpt2")
+    # keys saved from a torch.compile'd or DDP-wrapped model carry these prefixes; attn.bias is a causal-mask buffer
+    state = {re.sub(r"^((_orig_mod|module)\.)+", "", k): v for k, v in ckpt["model"].items()}
+    state = {k: v for k, v in state.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
+    note, fields = None, ("block_size", "vocab_size", "n_layer", "n_head", "n_embd")
+    if isinstance(ckpt.get("model_config"), dict):
+        config = GPTConfig(**ckpt["model_config"])
+    elif isinstance(ckpt.get("config"), PeerConfig):  # build-nanogpt: the same model, tanh GELU included
+        config = GPTConfig(**{f: getattr(ckpt["config"], f) for f in fields if hasattr(ckpt["config"], f)})
+    elif isinstance(ckpt.get("model_args"), dict):  # nanoGPT: bias=False means no biases, i.e. zero ones here
+        config = GPTConfig(**{f: ckpt["model_args"][f] for f in fields if f in ckpt["model_args"]})
+        if not ckpt["model_args"].get("bias", True):
+            for k, v in GPT(config).state_dict().items():
+                if k.endswith(".bias"):
+                    state.setdefault(k, torch.zeros_like(v))
+        note = (f"{path} is a nanoGPT checkpoint, trained with exact GELU; this model uses GPT-2's tanh approximation, "
+                "so its logits differ slightly from nanoGPT's")
+    else:
+        raise UserError(f"could not load {path}: a format this script does not know (keys: "
+                        f"{printable(', '.join(map(str, list(ckpt)[:8])))}) - see the README's 'which formats load'")
+    return config, state, note
+
+
 def load_model(spec: str, device: str | torch.device = "cpu") -> tuple[GPT, dict]:
-    """(GPT in eval mode on device, its training config or {}) from a checkpoint of this script, an OpenAI name
-    (gpt2 ... gpt2-xl) or a Hugging Face GPT-2 folder; UserError when it cannot. (hellaswag.py and infer.py use it.)"""
+    """(GPT in eval mode on device, its training config or {}) from a checkpoint of this script, build-nanogpt or
+    nanoGPT, an OpenAI name (gpt2 ... gpt2-xl) or a Hugging Face GPT-2 folder; UserError when it cannot.
+    (hellaswag.py, infer.py and --init-from use it.)"""
     path = Path(spec)
     hub = spec in HF_NAMES and not path.exists()
     if hub or path.is_dir() and (path / "config.json").exists():
@@ -553,17 +707,33 @@ def load_model(spec: str, device: str | torch.device = "cpu") -> tuple[GPT, dict
     if not path.is_file():
         raise UserError(f"no such file or folder: {spec} - pass a model_*.pt from train_gpt2.py, a Hugging Face "
                         f"GPT-2 folder or one of {', '.join(HF_NAMES)}")
-    ckpt = read_checkpoint(path, training=False)
-    # keys saved from a torch.compile'd or DDP-wrapped model by other scripts carry these prefixes
-    state = {re.sub(r"^((_orig_mod|module)\.)+", "", k): v for k, v in ckpt["model"].items()}
+    ckpt = load_file(path)
+    if isinstance(ckpt, dict) and "checksum" in ckpt and tensor_checksum(ckpt) != ckpt["checksum"]:
+        raise CheckpointDamaged(f"{path} is damaged: its tensors do not match the checksum saved with them")
+    config, state, note = peer_weights(ckpt, path)
     try:
-        model = GPT(GPTConfig(**ckpt["model_config"]))
+        model = GPT(config)
         model.load_state_dict(state)
     except (RuntimeError, TypeError, KeyError) as e:
         raise UserError(f"could not load {spec}: its weights do not fit train_gpt2.GPT "
-                        f"({type(e).__name__}: {first_line(e)})") from None
-    return model.to(device).eval(), ckpt.get("config", {})
+                        f"({type(e).__name__}: {printable(first_line(e))})") from None
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    return model.to(device).eval(), ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
 
+
+def init_weights(args: argparse.Namespace) -> tuple[GPTConfig, dict]:
+    """--init-from: (config, weights) of that model cut to --seq-len positions; args' --n-* take its shape."""
+    model, _ = load_model(args.init_from)
+    c = model.config
+    if args.seq_len > c.block_size:
+        raise UserError(f"--seq-len {args.seq_len} is longer than the {c.block_size} positions of {args.init_from} - "
+                        f"pass --seq-len {c.block_size} or less")
+    args.n_layer, args.n_head, args.n_embd = c.n_layer, c.n_head, c.n_embd
+    args.model = next((name for name, d in MODEL_SIZES.items() if d == (c.n_layer, c.n_head, c.n_embd)), "custom")
+    state = model.state_dict()
+    state["transformer.wpe.weight"] = state["transformer.wpe.weight"][:args.seq_len]
+    return GPTConfig(args.seq_len, c.vocab_size, c.n_layer, c.n_head, c.n_embd), state
 
 # ----------------------------------------------------------------------------------------------------------------------
 # run plumbing: devices, processes, logs, signals
@@ -599,6 +769,42 @@ def setup_distributed(device: str) -> tuple[int, int, int, str, bool]:
         torch.cuda.set_device(device)
     dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
     return rank, local_rank, world, device, rank == 0
+
+
+LOCK_NAME = ".lock"
+
+
+def lock_log_dir(log_dir: str) -> None:
+    """One run per log folder: LOG_DIR/.lock names this process (pid and host) and holds an flock, which the kernel
+    drops when the process dies, so a stale lock file is simply taken over; a second run stops at once, naming the
+    first. Also checks that the folder can be read and written. The lock file is removed at exit."""
+    path = Path(log_dir) / LOCK_NAME
+    for _ in range(3):  # again if the file was removed or replaced while we waited for its lock
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not os.access(path.parent, os.R_OK | os.W_OK | os.X_OK):
+                raise PermissionError("no read and write permission")
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise UserError(f"--log-dir {log_dir} cannot be used ({printable(first_line(e))}) - pass a folder "
+                            "you can read and write") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = printable(os.read(fd, 200).decode(errors="replace")) or "a process starting up"
+            os.close(fd)
+            raise UserError(f"{log_dir}/ is in use by another training run ({other}) - wait for it or stop it, "
+                            "or pass another --log-dir") from None
+        except OSError:  # a filesystem without flock: the file still names us
+            pass
+        if path.exists() and os.stat(path).st_ino == os.fstat(fd).st_ino:
+            break
+        os.close(fd)
+    else:
+        raise UserError(f"{log_dir}/{LOCK_NAME} keeps changing - another run is starting there; pass another --log-dir")
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+    atexit.register(lambda: (path.unlink(missing_ok=True), os.close(fd)))  # unlink while still holding the lock
 
 
 class RunLog:
@@ -681,7 +887,7 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=6e-4, help="peak learning rate; cosine decay to 10%% of it")
     p.add_argument("--warmup-steps", type=int, default=715, help="linear warmup steps")
     p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay on 2-D parameters")
-    p.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm to this")
+    p.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm to this (0 = off)")
     p.add_argument("--seed", type=int, default=1337, help="seed for the weights and the data order")
     # evaluation and logs
     p.add_argument("--eval-every", type=int, default=250, help="val loss every N steps (0 = off)")
@@ -697,6 +903,8 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--keep-checkpoints", type=int, default=3,
                    help="keep only the newest N checkpoints, and the last of each run (0 = keep all)")
     p.add_argument("--resume", default="auto", help="auto (newest valid checkpoint in --log-dir), a path, or none")
+    p.add_argument("--init-from", default=None, help="a new run from these weights (step 0, fresh optimizer): a "
+                   "checkpoint of train_gpt2.py, build-nanogpt or nanoGPT, gpt2 ... gpt2-xl or a Hugging Face folder")
     # hardware
     fineweb.add_device_option(p)
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
@@ -730,9 +938,10 @@ def check_args(args: argparse.Namespace, world_size: int) -> None:
                 "checkpoint_every", "warmup_steps"):
         if getattr(args, key) < 1:
             raise UserError(f"--{key.replace('_', '-')} must be positive, got {getattr(args, key)}")
-    if args.epochs <= 0 or args.lr <= 0 or min(args.max_steps, args.keep_checkpoints, args.eval_every,
-                                                 args.hellaswag_every, args.sample_every) < 0:
-        raise UserError("--epochs and --lr must be positive; --max-steps, --keep-checkpoints, --*-every must be >= 0")
+    if not (0 < args.epochs < math.inf and 0 < args.lr < math.inf and 0 <= args.grad_clip < math.inf) or \
+            min(args.max_steps, args.keep_checkpoints, args.eval_every, args.hellaswag_every, args.sample_every) < 0:
+        raise UserError(f"--epochs and --lr must be positive numbers (got {args.epochs}, {args.lr}), --grad-clip >= 0 "
+                        f"(got {args.grad_clip}; 0 = off); --max-steps, --keep-checkpoints, --*-every must be >= 0")
     if args.preflight_steps < 2:
         raise UserError(f"--preflight-steps must be at least 2 (the first one compiles), got {args.preflight_steps}")
     if args.n_embd % args.n_head:
@@ -770,40 +979,46 @@ class Run:
     step: int = 0  # optimizer steps done
     last_val: float | None = None
     dt_avg: float | None = None  # seconds per step, smoothed, for the eta
+    lr_join: tuple[int, float] | None = None  # (step, lr) where a longer schedule began: get_lr ramps from there
 
 
 def start_run(args: argparse.Namespace) -> Run:
     """Processes, data, model, optimizer and logs of a run, continued from a checkpoint when there is one."""
+    check_args(args, int(os.environ.get("WORLD_SIZE", "1")))
+    if int(os.environ.get("RANK", "0")) == 0:
+        lock_log_dir(args.log_dir)  # before any GPU work: one run per folder, and a folder it can write
     rank, local_rank, world, device, is_master = setup_distributed(args.device)
-    check_args(args, world)
     cuda = device.startswith("cuda")
     args.dtype = args.dtype or ("bfloat16" if cuda else "float32")
     autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if args.dtype == "bfloat16" \
         else nullcontext()  # weights and optimizer state stay fp32; bf16 autocast runs the matmuls
     if cuda:
         torch.set_float32_matmul_precision("high")  # TF32 for whatever runs outside autocast
+    init = init_weights(args) if args.init_from else None  # (config, state dict); sets args.n_* to its shape
+    config = init[0] if init else GPTConfig(block_size=args.seq_len, n_layer=args.n_layer, n_head=args.n_head,
+                                            n_embd=args.n_embd)
     if not Path(args.data).is_dir():
         raise UserError(f"no data folder {args.data}/ - run python fineweb.py (or fineweb.py --demo for demo_shards/)")
-    train_data = ShardLoader(args.data, "train", args.seq_len, args.total_batch_size // args.seq_len, args.seed)
+    train_data = ShardLoader(args.data, "train", args.seq_len, args.total_batch_size // args.seq_len, args.seed,
+                             vocab_size=config.vocab_size)
     if train_data.steps_per_epoch == 0:
         what = f"only {train_data.n_seqs * args.seq_len:,} tokens in training shards" if train_data.shards else \
             "no training shards"
         raise UserError(f"{args.data}/ has {what}, less than one step of --total-batch-size {args.total_batch_size} - "
                         "run fineweb.py to write shards, or lower --total-batch-size")
-    val_data = ShardLoader(args.data, "val", args.seq_len, train_data.N, args.seed, shuffle=False)
+    val_data = ShardLoader(args.data, "val", args.seq_len, train_data.N, args.seed, shuffle=False,
+                           vocab_size=config.vocab_size)
     val_steps = min(args.val_steps, val_data.steps_per_epoch)
     if args.eval_every and not val_steps:
         print0(f"train_gpt2.py: notice: no val shard in {args.data}/ with a full batch - val loss off")
-    # The lr schedule spans all --epochs. A run continued with a larger --epochs (e.g. a second epoch from a finished
-    # run's checkpoint) recomputes the cosine over the new total and continues the step counter: no second warmup.
-    total_steps = max(1, round(args.epochs * train_data.steps_per_epoch))
+    total_steps = max(1, round(args.epochs * train_data.steps_per_epoch))  # the lr schedule spans all --epochs
 
     torch.manual_seed(args.seed)
-    config = GPTConfig(block_size=args.seq_len, n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd)
     ckpt_path, ckpt, skipped = find_resume(args, config)
-    for why in skipped:
-        print0(f"train_gpt2.py: notice: skipping {why}")
-    raw = GPT(config).to(device)
+    raw = GPT(config)
+    if init and ckpt is None:
+        raw.load_state_dict(init[1])
+    raw = raw.to(device)
     optimizer = make_optimizer(raw, args, device)
     if ckpt is not None:
         raw.load_state_dict(ckpt["model"])
@@ -811,6 +1026,8 @@ def start_run(args: argparse.Namespace) -> Run:
         torch.set_rng_state(ckpt["rng"]["torch"])
         if cuda and len(ckpt["rng"]["cuda"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+    if is_master:
+        check_free_space(args.log_dir, raw)
     use_compile = args.compile if args.compile is not None else cuda
     compiled = torch.compile(raw) if use_compile else raw  # train and val at one shape; samples/HellaSwag use raw
     model = nn.parallel.DistributedDataParallel(compiled, device_ids=[local_rank] if cuda else None) \
@@ -824,16 +1041,33 @@ def start_run(args: argparse.Namespace) -> Run:
     print0(f"{raw.num_params() / 1e6:.1f}M parameters | {world} process(es) on {device} | {run.accum} micro-steps "
            f"of {args.batch_size} x {args.seq_len} per step | {train_data.steps_per_epoch} steps per epoch | "
            f"{total_steps} steps scheduled")
+    run.log.event("config", step=ckpt["step"] if ckpt else 0, config=vars(args), model_config=asdict(config),
+                  world_size=world, device=torch.cuda.get_device_name(device) if cuda else device, time=time.time())
     if ckpt is not None:
-        run.step, run.last_val = ckpt["step"], ckpt.get("val_loss")
-        print0(f"resuming from {ckpt_path} at step {run.step}")
-    run.log.event("config", step=run.step, config=vars(args), model_config=asdict(config), world_size=world,
-                  device=torch.cuda.get_device_name(device) if cuda else device, time=time.time())
+        resume_notices(run, ckpt_path, ckpt, skipped)
+    elif init:
+        print0(f"starting from the weights of {args.init_from} at step 0, with a fresh optimizer")
     if args.hellaswag_every and run.step < run.last_step:
         run.hellaswag_examples, why = load_hellaswag_examples(args.hellaswag_data, world, device)
         if why:
             print0(f"train_gpt2.py: notice: {why} - training without HellaSwag evals")
     return run
+
+
+def resume_notices(run: Run, path: Path, ckpt: dict, skipped: list[str]) -> None:
+    """Take a resumed checkpoint's step, val loss and lr ramp into the run, and say what happened."""
+    run.step, run.last_val = ckpt["step"], ckpt.get("val_loss")
+    for why in skipped:  # newer checkpoints that are damaged
+        if run.rank == 0:
+            print(f"train_gpt2.py: warning: {why} - resuming from {path} instead", file=sys.stderr, flush=True)
+        run.log.event("resume_fallback", step=run.step, path=str(path), skipped=why)
+    print0(f"resuming from {path} at step {run.step}")
+    run.lr_join = schedule_join(ckpt, run.total_steps, run.train_data.steps_per_epoch, run.args)
+    if run.lr_join and run.lr_join[0] == run.step:
+        to = get_lr(run.step + run.args.warmup_steps - 1, run.total_steps, run.args)
+        print0(f"the lr schedule now spans {run.total_steps} steps: ramping the lr from {run.lr_join[1]:.2e} to the "
+               f"new schedule ({to:.2e}) over the next {run.args.warmup_steps} steps (--warmup-steps)")
+        run.log.event("lr_ramp", step=run.step, lr_from=run.lr_join[1], lr_to=to, steps=run.args.warmup_steps)
 
 
 def run_evals(run: Run, step: int) -> None:
@@ -871,7 +1105,7 @@ def save_run(run: Run, path: Path | None = None) -> None:
                                                    "steps_per_epoch": per_epoch},
             "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if cuda else []},
             "config": vars(run.args), "model_config": asdict(run.raw.config), "val_loss": run.last_val,
-            "final": step == run.last_step}, keep)
+            "total_steps": run.total_steps, "lr_join": run.lr_join, "final": step == run.last_step}, keep)
         print0(f"saved {path}")
         run.log.event("checkpoint", step=step, path=str(path))
     if run.world > 1:
@@ -882,7 +1116,7 @@ def optimizer_step(run: Run) -> bool:
     """One optimizer step at run.step, printed and logged. Returns whether a rank was asked to stop; UserError when
     the loss is not finite."""
     t0, step, args = time.time(), run.step, run.args
-    lr = get_lr(step, run.total_steps, args)
+    lr = get_lr(step, run.total_steps, args, run.lr_join)
     next_batch = lambda micro: run.train_data.batch(step, micro, run.rank, run.world, args.batch_size,  # noqa: E731
                                                     run.device)
     loss, norm = train_step(run.model, run.raw, run.optimizer, next_batch, run.accum, run.autocast, args.grad_clip, lr)

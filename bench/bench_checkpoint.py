@@ -1,0 +1,62 @@
+"""
+Cost of the checkpoint checksum: save and load time of a training checkpoint (weights and AdamW state) of a --model
+size, with and without train_gpt2.py's CRC32 of the tensors, on the CPU (a random model; the disk is --dir's).
+
+    python bench/bench_checkpoint.py                    # d12 (124M): a checkpoint of about 1.5 GB in a temp folder
+    python bench/bench_checkpoint.py --model d24 --dir /workspace/tmp
+
+Prints the seconds of each, best of --repeat, and the checksum's own time and rate.
+"""
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from train_gpt2 import GPT, MODEL_SIZES, GPTConfig, tensor_checksum, tensors  # noqa: E402
+
+
+def best_of(n: int, fn) -> float:
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="d12", choices=list(MODEL_SIZES), help="size (random init, vocab 50304)")
+    p.add_argument("--dir", default=None, help="where to write the checkpoint (default: a temp folder)")
+    p.add_argument("--repeat", type=int, default=3, help="runs of each; the best is printed")
+    args = p.parse_args()
+
+    n_layer, n_head, n_embd = MODEL_SIZES[args.model]
+    model = GPT(GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    model(torch.zeros(1, 8, dtype=torch.long))[0].sum().backward()
+    optimizer.step()  # creates the two moment buffers per parameter
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": 1}
+    size = sum(t.nbytes for t in tensors(state))
+    print(f"{args.model}: {model.num_params() / 1e6:.1f}M parameters, checkpoint tensors {size / 1e9:.2f} GB")
+
+    with tempfile.TemporaryDirectory(dir=args.dir) as d:
+        path = Path(d) / "model.pt"
+        plain_save = best_of(args.repeat, lambda: torch.save(state, path))
+        summed_save = best_of(args.repeat, lambda: torch.save({**state, "checksum": tensor_checksum(state)}, path))
+        plain_load = best_of(args.repeat, lambda: torch.load(path, map_location="cpu", weights_only=True))
+        summed_load = best_of(args.repeat, lambda: tensor_checksum(torch.load(path, map_location="cpu",
+                                                                              weights_only=True)))
+    crc = best_of(args.repeat, lambda: tensor_checksum(state))
+    for what, plain, summed in (("save", plain_save, summed_save), ("load", plain_load, summed_load)):
+        print(f"{what}: {plain:.2f} s without the checksum, {summed:.2f} s with it (+{summed - plain:.2f} s)")
+    print(f"checksum alone: {crc:.2f} s = {size / crc / 1e9:.1f} GB/s")
+
+
+if __name__ == "__main__":
+    main()
