@@ -63,18 +63,22 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
 CKPT_NAME = re.compile(r"model_(\d+)(?:_(\d+))?\.pt$")  # model_SSSSS.pt, or a build-nanogpt fork's model_EE_SSSSS.pt
 
 
+def checkpoints_in(folder: Path) -> list[Path]:
+    """The model_*.pt in a log dir (or a fork's checkpoints/ folder), newest (highest step, or epoch and step) first."""
+    found = [(tuple(int(g) for g in m.groups() if g), p) for p in folder.glob("model_*.pt")
+             if (m := CKPT_NAME.match(p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
 def resolve_checkpoint(spec: str) -> str:
-    """A log dir (or a checkpoints/ folder) becomes its newest model_*.pt (highest step, or epoch and step); anything
-    else is passed on as it is."""
+    """A log dir (or a checkpoints/ folder) becomes its newest model_*.pt; anything else is passed on as it is."""
     path = Path(spec)
     if path.is_dir() and not (path / "config.json").exists():
-        found = [(tuple(int(g) for g in m.groups() if g), p) for p in path.glob("model_*.pt")
-                 if (m := CKPT_NAME.match(p.name))]
-        ckpts = [p for _, p in sorted(found)]
+        ckpts = checkpoints_in(path)
         if not ckpts:
             raise UserError(f"{spec} holds no model_*.pt checkpoint and no config.json - "
                             "pass a checkpoint file, a train_gpt2.py log dir or a Hugging Face GPT-2 folder")
-        return str(ckpts[-1])
+        return str(ckpts[0])
     if spec not in HF_NAMES and not path.exists():
         raise UserError(f"no such file or folder: {spec} - pass a model_*.pt from train_gpt2.py, a log dir, "
                         f"a Hugging Face GPT-2 folder or one of {', '.join(HF_NAMES)}")
@@ -85,7 +89,7 @@ def load(spec: str, device: str) -> tuple[GPT, str]:
     """(model, what was loaded). A log dir gives its newest checkpoint that loads: an unreadable newest one (a save
     cut short by a full disk or a killed pod) is passed over for the one before, with a notice."""
     newest = resolve_checkpoint(spec)
-    candidates = [str(p) for p in reversed(list_checkpoints(spec))] if newest != spec else [spec]
+    candidates = [str(p) for p in checkpoints_in(Path(spec))] if newest != spec else [spec]
     for i, candidate in enumerate(candidates):
         try:
             return load_model(candidate, device)[0], candidate
