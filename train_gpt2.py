@@ -559,7 +559,8 @@ def read_checkpoint(path: Path) -> dict:
     """A training checkpoint of this script with its checksum verified, or UserError (CheckpointDamaged: damaged)."""
     ckpt = load_file(path)
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in OURS):
-        raise UserError(f"{path} is not a train_gpt2.py training checkpoint (it needs {', '.join(OURS)})")
+        raise UserError(f"{path} is not a train_gpt2.py training checkpoint (it needs {', '.join(OURS)}) - "
+                        "--init-from starts a new run from its weights")
     if "checksum" in ckpt and tensor_checksum(ckpt) != ckpt["checksum"]:
         raise CheckpointDamaged(f"{path} is damaged: its tensors do not match the checksum saved with them")
     return ckpt
