@@ -773,12 +773,19 @@ def setup_distributed(device: str) -> tuple[int, int, int, str, bool]:
 
 
 LOCK_NAME = ".lock"
+LOCKS = []  # how to release each log-dir lock this process holds (release_log_dirs)
+
+
+def release_log_dirs() -> None:
+    """Give up the log-dir locks of this process: at the end of a run or preflight, and at exit."""
+    while LOCKS:
+        LOCKS.pop()()
 
 
 def lock_log_dir(log_dir: str) -> None:
     """One run per log folder: LOG_DIR/.lock names this process (pid and host) and holds an flock, which the kernel
     drops when the process dies, so a stale lock file is simply taken over; a second run stops at once, naming the
-    first. Also checks that the folder can be read and written. The lock file is removed at exit."""
+    first. Also checks that the folder can be read and written. release_log_dirs() removes the lock file."""
     path = Path(log_dir) / LOCK_NAME
     for _ in range(3):  # again if the file was removed or replaced while we waited for its lock
         try:
@@ -805,7 +812,8 @@ def lock_log_dir(log_dir: str) -> None:
         raise UserError(f"{log_dir}/{LOCK_NAME} keeps changing - another run is starting there; pass another --log-dir")
     os.ftruncate(fd, 0)
     os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
-    atexit.register(lambda: (path.unlink(missing_ok=True), os.close(fd)))  # unlink while still holding the lock
+    LOCKS.append(lambda: (path.unlink(missing_ok=True), os.close(fd)))  # unlink while still holding the lock
+    atexit.register(release_log_dirs)
 
 
 class RunLog:
@@ -1172,6 +1180,7 @@ def train(args: argparse.Namespace) -> int:
                         f"accumulation keeps the total batch at {args.total_batch_size} tokens)") from None
     finally:
         run.log.close()
+        release_log_dirs()
     print0(f"finished {run.step} steps in {timedelta(seconds=int(time.time() - start_time))}; final val loss "
            f"{run.last_val if run.last_val is None else round(run.last_val, 4)}")
     run.log.event("end", step=run.step, status="finished")
@@ -1429,6 +1438,7 @@ def preflight(args: argparse.Namespace) -> int:
         Path(args.log_dir).mkdir(parents=True, exist_ok=True)
         (Path(args.log_dir) / "preflight.json").write_text(json.dumps(report, indent=1) + "\n")
         print_preflight(run, pf, est)
+    release_log_dirs()
     return 1 if failed.item() else 0
 
 
@@ -1440,6 +1450,8 @@ def main(argv: list[str] | None = None) -> None:
         code = preflight(args) if args.preflight else train(args)
     except UserError as e:
         fineweb.fail("train_gpt2.py", e)
+    finally:
+        release_log_dirs()
     if dist.is_initialized():
         dist.destroy_process_group()
     sys.exit(code)
