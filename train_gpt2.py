@@ -241,7 +241,7 @@ class ModernAttention(nn.Module):
         q, k, v = (m(x).view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
                    for m in (self.c_q, self.c_k, self.c_v))  # (B, nh, T, hs)
         start = cache.pos if cache is not None else 0  # generation continues the positions of the cache
-        q, k = rotary(self.q_norm(q), start), rotary(self.k_norm(k), start)
+        q, k = rotary(self.q_norm(q), start).to(v.dtype), rotary(self.k_norm(k), start).to(v.dtype)  # autocast: bf16
         y = causal_attention(q, k, v, cache, layer)
         return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
 
