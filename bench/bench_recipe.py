@@ -81,7 +81,7 @@ def main() -> None:
     how = "both at once, one thread each" if args.parallel else "one after the other"
     print(f"demo preset (4 layers, 4 heads, 64 wide, 8 x 64 tokens per step), {args.steps} steps, seed 1337, CPU, "
           f"{how}, torch {torch.__version__}")
-    print(f"classic: {classic['params']} | modern: {modern['params']}")
+    print(modern["params"])
     print(f"{'step':>6} {'classic val':>12} {'modern val':>11}")
     for step in sorted(classic["val"]):
         print(f"{step:6d} {classic['val'][step]:12.4f} {modern['val'].get(step, float('nan')):11.4f}")
