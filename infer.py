@@ -217,6 +217,9 @@ def run(args: argparse.Namespace) -> None:
     print(f"infer.py: loaded {spec} ({model.num_params() / 1e6:.1f}M parameters, context {model.config.block_size}) "
           f"on {device}", file=sys.stderr)
     if args.export_hf is not None:
+        if model.config.recipe != "classic":
+            raise UserError(f"--export-hf: {spec} is a {model.config.recipe}-recipe model (rotary, RMSNorm, ReLU², "
+                            "untied head), not a GPT-2 architecture - transformers' GPT2LMHeadModel cannot hold it")
         export_hf(model, args.export_hf)
         print(f"infer.py: wrote {args.export_hf} (GPT2LMHeadModel.from_pretrained loads it)", file=sys.stderr)
     if prompt is None:

@@ -57,6 +57,22 @@ class GPTConfig:
     n_layer: int = 12
     n_head: int = 12
     n_embd: int = 768
+    recipe: str = "classic"  # classic: GPT-2 (class GPT); modern: rotary, RMSNorm, ReLU², ... (class ModernGPT)
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: "KVCache | None",
+                     layer: int) -> torch.Tensor:
+    """Causal attention of q, k, v (B, nh, T, hs) -> (B, nh, T, hs). With a cache (generation) this layer's keys and
+    values are stored at the cache's position, and the queries attend to every earlier position as well."""
+    if cache is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    start, T = cache.pos, q.size(2)  # keys and values of earlier positions come from the cache (see KVCache below)
+    cache.k[layer, :, :, start:start + T], cache.v[layer, :, :, start:start + T] = k, v
+    k, v = cache.k[layer, :, :, :start + T], cache.v[layer, :, :, :start + T]
+    if T == 1:  # one new token attends to everything so far
+        return F.scaled_dot_product_attention(q, k, v)
+    mask = torch.ones(T, start + T, dtype=torch.bool, device=q.device).tril(diagonal=start)  # query i: keys to start+i
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
 class CausalSelfAttention(nn.Module):
@@ -71,17 +87,7 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
-        if cache is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        else:  # generation: keys and values of earlier positions come from the cache (see KVCache below)
-            start = cache.pos
-            cache.k[layer, :, :, start:start + T], cache.v[layer, :, :, start:start + T] = k, v
-            k, v = cache.k[layer, :, :, :start + T], cache.v[layer, :, :, :start + T]
-            if T == 1:  # one new token attends to everything so far
-                y = F.scaled_dot_product_attention(q, k, v)
-            else:  # a chunk after `start` cached positions: query i sees keys up to start + i
-                mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        y = causal_attention(q, k, v, cache, layer)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
         return self.c_proj(y)
 
@@ -223,6 +229,150 @@ class GPT(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# model, modern recipe (--recipe modern): the same width and depth as GPT, with the changes that speedrun work on
+# GPT-2 124M found to reach the same loss in fewer tokens. Each piece below says what it is and why.
+
+class Rotary(nn.Module):
+    """Rotary position embeddings (RoPE, Su et al. 2021), instead of learned positions: each pair of a query's or
+    key's channels is rotated by an angle proportional to the position, at a different frequency per pair, so the
+    dot product of a query and a key depends on their distance only. Nothing is learned; the angles of all
+    block_size positions are computed once (non-persistent buffers: not in checkpoints)."""
+
+    def __init__(self, head_size: int, block_size: int, base: float = 10000.0):
+        super().__init__()
+        freq = base ** (-torch.arange(0, head_size, 2, dtype=torch.float32) / head_size)  # (hs / 2,)
+        angle = torch.outer(torch.arange(block_size, dtype=torch.float32), freq)  # (block_size, hs / 2)
+        self.register_buffer("cos", angle.cos(), persistent=False)
+        self.register_buffer("sin", angle.sin(), persistent=False)
+
+    def forward(self, x: torch.Tensor, start: int) -> torch.Tensor:
+        """x (B, nh, T, hs) at positions start .. start + T - 1 -> rotated, the same shape."""
+        T = x.size(2)
+        cos, sin = self.cos[start:start + T].to(x.dtype), self.sin[start:start + T].to(x.dtype)  # (T, hs / 2)
+        x1, x2 = x.chunk(2, dim=-1)  # channel i is paired with channel i + hs / 2
+        return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+class ModernAttention(nn.Module):
+    """Causal self-attention with rotary positions and QK-norm: queries and keys are RMS-normalised per head before
+    the rotation, which bounds the attention logits and lets the larger Muon learning rates train stably. Separate
+    q, k, v matrices (not one fused c_attn) so that Muon orthogonalises each on its own."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        C, hs = config.n_embd, config.n_embd // config.n_head
+        self.c_q = nn.Linear(C, C, bias=False)
+        self.c_k = nn.Linear(C, C, bias=False)
+        self.c_v = nn.Linear(C, C, bias=False)
+        self.q_norm, self.k_norm = nn.RMSNorm(hs), nn.RMSNorm(hs)
+        self.c_proj = nn.Linear(C, C, bias=False)
+        self.c_proj.ZERO_INIT = True
+        self.n_head = config.n_head
+
+    def forward(self, x: torch.Tensor, rotary: Rotary, cache: "KVCache | None" = None, layer: int = 0) -> torch.Tensor:
+        B, T, C = x.size()
+        q, k, v = (m(x).view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+                   for m in (self.c_q, self.c_k, self.c_v))  # (B, nh, T, hs)
+        start = cache.pos if cache is not None else 0  # generation continues the positions of the cache
+        q, k = rotary(self.q_norm(q), start).to(v.dtype), rotary(self.k_norm(k), start).to(v.dtype)  # autocast: bf16
+        y = causal_attention(q, k, v, cache, layer)
+        return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
+
+
+class ReLU2MLP(nn.Module):
+    """MLP with ReLU² (relu(x)**2, So et al. 2021, "Primer") instead of GELU: as cheap, and a little better."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=False)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=False)
+        self.c_proj.ZERO_INIT = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(F.relu(self.c_fc(x)).square())
+
+
+class ModernBlock(nn.Module):
+    """Pre-norm residual block as in GPT, with RMSNorm (scale only: no mean, no bias) instead of LayerNorm."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.RMSNorm(config.n_embd)
+        self.attn = ModernAttention(config)
+        self.ln_2 = nn.RMSNorm(config.n_embd)
+        self.mlp = ReLU2MLP(config)
+
+    def forward(self, x: torch.Tensor, rotary: Rotary, cache: "KVCache | None" = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), rotary, cache, layer)
+        return x + self.mlp(self.ln_2(x))
+
+
+class ModernGPT(nn.Module):
+    """The modern recipe's model; the same interface as GPT (hidden, lm_head, forward, num_params), so sampling,
+    HellaSwag, checkpoints and training use either. Besides the pieces above: the token embedding is RMS-normalised
+    before the first block, the head is untied from the embedding (each gets its own learning rate), and the head
+    and every residual projection (c_proj) start at zero, so each block starts as the identity and the first steps
+    predict the uniform distribution instead of random logits."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            ln_e=nn.RMSNorm(config.n_embd),
+            h=nn.ModuleList([ModernBlock(config) for _ in range(config.n_layer)]),
+            ln_f=nn.RMSNorm(config.n_embd),
+        ))
+        self.rotary = Rotary(config.n_embd // config.n_head, config.block_size)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.ZERO_INIT = True
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            if getattr(module, "ZERO_INIT", False):
+                torch.nn.init.zeros_(module.weight)
+            else:  # half the std that keeps activations at unit scale: the residual stream starts small
+                torch.nn.init.normal_(module.weight, mean=0.0, std=0.5 * module.in_features ** -0.5)
+        elif isinstance(module, nn.Embedding):  # RMS-normalised right after the lookup: only directions matter
+            torch.nn.init.normal_(module.weight, mean=0.0, std=1.0)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.transformer.wte.weight.numel() if non_embedding else n  # the lookup is no matmul; the head is
+
+    def hidden(self, idx: torch.Tensor, cache: "KVCache | None" = None) -> torch.Tensor:
+        """idx (B, T) token ids -> the final hidden states (B, T, C); with a cache, as GPT.hidden."""
+        B, T = idx.size()
+        start = cache.pos if cache is not None else 0
+        assert start + T <= self.config.block_size, f"{start + T} positions exceed block_size {self.config.block_size}"
+        x = self.transformer.ln_e(self.transformer.wte(idx))  # (B, T, C)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, self.rotary, cache, i)
+        if cache is not None:
+            cache.pos += T
+        return self.transformer.ln_f(x)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+                cache: "KVCache | None" = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """As GPT.forward."""
+        x = self.hidden(idx, cache)
+        if cache is not None:
+            return self.lm_head(x[:, -1:]), None
+        logits = self.lm_head(x)  # (B, T, vocab)
+        if targets is None:
+            return logits, None
+        return logits, F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+
+
+RECIPES = {"classic": GPT, "modern": ModernGPT}  # GPTConfig.recipe -> the model class
+
+
+def build_model(config: GPTConfig) -> GPT | ModernGPT:
+    return RECIPES[config.recipe](config)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # sampling
 
 class KVCache:
@@ -361,8 +511,114 @@ class ShardLoader:
 # ----------------------------------------------------------------------------------------------------------------------
 # optimisation
 
+# --- the modern recipe's optimizer: Muon for the hidden matrices, AdamW for the rest, warmup-stable-decay lr ---
+
+def orthogonalise(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """Approximately U V^T for g = U S V^T (2-D): every singular value moved near 1, the directions kept.
+    A quintic Newton-Schulz iteration X <- a X + (b A + c A^2) X with A = X X^T, started from g / |g| (so all singular
+    values are <= 1). Its coefficients, from the Muon write-up, trade exactness for speed: 5 steps take each singular
+    value into about [0.7, 1.2], which trains as well as an exact U V^T at the cost of a few matmuls. bf16 on CUDA."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = g.bfloat16() if g.is_cuda else g.float()
+    tall = x.size(0) > x.size(1)
+    if tall:  # iterate on the wide orientation: A is then the smaller of the two Gram matrices
+        x = x.mT
+    x = x / (x.norm() + 1e-7)
+    for _ in range(steps):
+        A = x @ x.mT
+        x = a * x + (b * A + c * A @ A) @ x
+    return (x.mT if tall else x).to(g.dtype)
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon (Jordan et al. 2024, "MomentUm Orthogonalized by Newton-Schulz") for 2-D hidden weights: SGD with Nesterov
+    momentum, whose update of each matrix is replaced by its orthogonalisation (above). A raw gradient of a weight
+    matrix is dominated by a few directions; the orthogonalised one moves every direction by the same amount, which
+    learns faster per token. Scaled by sqrt(max(1, rows / cols)) so that tall and wide matrices move alike.
+
+    Under DDP every rank has the same all-reduced gradients, so each keeps the same momentum (cheap, and any rank's
+    optimizer state is the whole state for a checkpoint); the orthogonalisation, the expensive part, is split:
+    rank r does matrices r, r + world, ... and broadcasts its results to the others. `last_orthogonalised` counts
+    the matrices this process orthogonalised in its last step."""
+
+    def __init__(self, params, lr: float, momentum: float = 0.95):
+        super().__init__(params, dict(lr=lr, momentum=momentum))
+        self.last_orthogonalised = 0
+
+    @torch.no_grad()
+    def step(self) -> None:
+        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        self.last_orthogonalised = 0
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            for i, p in enumerate(params):
+                buf = self.state[p].setdefault("momentum", torch.zeros_like(p))
+                buf.mul_(group["momentum"]).add_(p.grad)
+                if i % world == rank:  # this rank's share
+                    update = orthogonalise(p.grad.add(buf, alpha=group["momentum"]))  # Nesterov: look one step ahead
+                    p.add_(update, alpha=-group["lr"] * max(1.0, p.size(0) / p.size(1)) ** 0.5)
+                    self.last_orthogonalised += 1
+            if world > 1:
+                for work in [dist.broadcast(p, src=i % world, async_op=True) for i, p in enumerate(params)]:
+                    work.wait()
+
+
+class Optimizers:
+    """Several optimizers stepped, zeroed, saved and loaded as one (modern: Muon and AdamW)."""
+
+    def __init__(self, *optimizers: torch.optim.Optimizer):
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for opt in self.optimizers for g in opt.param_groups]
+
+    def step(self) -> None:
+        for opt in self.optimizers:
+            opt.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"optimizers": [opt.state_dict() for opt in self.optimizers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        for opt, s in zip(self.optimizers, state["optimizers"]):
+            opt.load_state_dict(s)
+
+
+def make_modern_optimizer(model: ModernGPT, args: argparse.Namespace, device: str) -> Optimizers:
+    """Muon at --muon-lr for the blocks' matrices; AdamW (no weight decay) at --embed-lr for the token embedding and
+    at --head-lr for the head and the RMSNorm gains. Each group's lr_scale is its lr over --muon-lr: the schedule
+    (get_lr) gives the Muon lr of a step, and train_step scales it for each group."""
+    hidden = [p for p in model.transformer.h.parameters() if p.dim() == 2]
+    gains = [p for p in model.parameters() if p.dim() < 2]
+    adam = torch.optim.AdamW([
+        dict(params=[model.transformer.wte.weight], lr=args.embed_lr, lr_scale=args.embed_lr / args.muon_lr),
+        dict(params=[model.lm_head.weight, *gains], lr=args.head_lr, lr_scale=args.head_lr / args.muon_lr)],
+        betas=(0.8, 0.95), eps=1e-10, weight_decay=0.0, fused=device.startswith("cuda"))
+    muon = Muon([dict(params=hidden, lr_scale=1.0)], lr=args.muon_lr)
+    return Optimizers(adam, muon)
+
+
+def wsd_lr(step: int, total_steps: int, args: argparse.Namespace) -> float:
+    """Warmup-stable-decay: linear warmup over --warmup-steps, --muon-lr until the last --cooldown fraction of
+    total_steps, then linear decay to zero. (A second epoch, a larger total, returns to the stable lr.)"""
+    if step < args.warmup_steps:
+        return args.muon_lr * (step + 1) / args.warmup_steps
+    decay_start = total_steps * (1 - args.cooldown)
+    if step < decay_start:
+        return args.muon_lr
+    return args.muon_lr * max(0.0, (total_steps - step) / max(1.0, total_steps - decay_start))
+
+
 def make_optimizer(model: GPT, args: argparse.Namespace, device: str) -> torch.optim.AdamW:
-    """AdamW with weight decay on the 2-D parameters only (not on biases and LayerNorms); fused on CUDA."""
+    """AdamW with weight decay on the 2-D parameters only (not on biases and LayerNorms); fused on CUDA. (The modern
+    recipe: make_modern_optimizer below.)"""
+    if model.config.recipe == "modern":
+        return make_modern_optimizer(model, args, device)
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": args.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
@@ -370,10 +626,13 @@ def make_optimizer(model: GPT, args: argparse.Namespace, device: str) -> torch.o
 
 
 def get_lr(step: int, total_steps: int, args: argparse.Namespace, join: tuple[int, float] | None = None) -> float:
-    """Linear warmup, then cosine decay to 10% of --lr at total_steps (and 10% after). join = (step, lr): a run
-    continued on a longer schedule ramps linearly from the lr it ended with to this schedule over --warmup-steps."""
+    """Linear warmup, then cosine decay to 10% of --lr at total_steps (and 10% after); the modern recipe: wsd_lr.
+    join = (step, lr): a run continued on a longer schedule ramps linearly from the lr it ended with to this
+    schedule over --warmup-steps."""
     min_lr = 0.1 * args.lr
-    if step < args.warmup_steps:
+    if getattr(args, "recipe", "classic") == "modern":
+        lr = wsd_lr(step, total_steps, args)
+    elif step < args.warmup_steps:
         lr = args.lr * (step + 1) / args.warmup_steps
     elif step >= total_steps:
         lr = min_lr
@@ -415,7 +674,7 @@ def train_step(model: nn.Module, raw: GPT, optimizer: torch.optim.Optimizer, nex
         loss.backward()
     norm = torch.nn.utils.clip_grad_norm_(raw.parameters(), grad_clip or math.inf)  # 0: measured, not clipped
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)  # the modern recipe's groups have their own lr (classic: 1)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss_sum, norm
@@ -653,9 +912,9 @@ def find_resume(args: argparse.Namespace, config: GPTConfig) -> tuple[Path | Non
         raise UserError(f"{args.log_dir}/ holds checkpoints that --resume auto cannot continue from ({names}) - "
                         "start from their weights with --init-from FILE, or from scratch with --resume none, "
                         "either with another --log-dir")
-    if ckpt is not None and ckpt["model_config"] != asdict(config):
+    if ckpt is not None and {"recipe": "classic", **ckpt["model_config"]} != asdict(config):  # older: no recipe
         raise UserError(f"{path} holds a model {ckpt['model_config']}, but the options ask for {asdict(config)} - "
-                        "pass the same --model/--n-*/--seq-len/--init-from, or --resume none")
+                        "pass the same --recipe/--model/--n-*/--seq-len/--init-from, or --resume none")
     if ckpt is not None and ckpt["config"].get("total_batch_size") != args.total_batch_size:
         raise UserError(f"{path} was trained with --total-batch-size {ckpt['config'].get('total_batch_size')}; "
                         "resume with the same value (the data position is counted in steps)")
@@ -690,8 +949,9 @@ def peer_weights(ckpt: object, path: Path) -> tuple[GPTConfig, dict, str | None]
     return config, state, note
 
 
-def load_model(spec: str, device: str | torch.device = "cpu") -> tuple[GPT, dict]:
-    """(GPT in eval mode on device, its training config or {}) from a checkpoint of this script, build-nanogpt or
+def load_model(spec: str, device: str | torch.device = "cpu") -> tuple[GPT | ModernGPT, dict]:
+    """(GPT or ModernGPT, as its recipe says, in eval mode on device, its training config or {}) from a checkpoint
+    of this script, build-nanogpt or
     nanoGPT, an OpenAI name (gpt2 ... gpt2-xl) or a Hugging Face GPT-2 folder; UserError when it cannot.
     (hellaswag.py, infer.py and --init-from use it.)"""
     path = Path(spec)
@@ -713,10 +973,10 @@ def load_model(spec: str, device: str | torch.device = "cpu") -> tuple[GPT, dict
         raise CheckpointDamaged(f"{path} is damaged: its tensors do not match the checksum saved with them")
     config, state, note = peer_weights(ckpt, path)
     try:
-        model = GPT(config)
+        model = build_model(config)
         model.load_state_dict(state)
     except (RuntimeError, TypeError, KeyError) as e:
-        raise UserError(f"could not load {spec}: its weights do not fit train_gpt2.GPT "
+        raise UserError(f"could not load {spec}: its weights do not fit train_gpt2's model "
                         f"({type(e).__name__}: {printable(first_line(e))})") from None
     if note:
         print(f"note: {note}", file=sys.stderr)
@@ -730,11 +990,12 @@ def init_weights(args: argparse.Namespace) -> tuple[GPTConfig, dict]:
     if args.seq_len > c.block_size:
         raise UserError(f"--seq-len {args.seq_len} is longer than the {c.block_size} positions of {args.init_from} - "
                         f"pass --seq-len {c.block_size} or less")
-    args.n_layer, args.n_head, args.n_embd = c.n_layer, c.n_head, c.n_embd
+    args.n_layer, args.n_head, args.n_embd, args.recipe = c.n_layer, c.n_head, c.n_embd, c.recipe
     args.model = next((name for name, d in MODEL_SIZES.items() if d == (c.n_layer, c.n_head, c.n_embd)), "custom")
     state = model.state_dict()
-    state["transformer.wpe.weight"] = state["transformer.wpe.weight"][:args.seq_len]
-    return GPTConfig(args.seq_len, c.vocab_size, c.n_layer, c.n_head, c.n_embd), state
+    if "transformer.wpe.weight" in state:  # learned positions (classic); the modern recipe's rotary ones have none
+        state["transformer.wpe.weight"] = state["transformer.wpe.weight"][:args.seq_len]
+    return replace(c, block_size=args.seq_len), state
 
 # ----------------------------------------------------------------------------------------------------------------------
 # run plumbing: devices, processes, logs, signals
@@ -886,6 +1147,9 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n-layer", type=int, default=None, help="layers (default: from --model)")
     p.add_argument("--n-head", type=int, default=None, help="attention heads (default: from --model)")
     p.add_argument("--n-embd", type=int, default=None, help="embedding width (default: from --model)")
+    p.add_argument("--recipe", choices=list(RECIPES), default="classic",
+                   help="classic: GPT-2 with AdamW and cosine lr; modern: rotary, RMSNorm, QK-norm, ReLU², untied "
+                        "head, Muon + AdamW, warmup-stable-decay lr (class ModernGPT)")
     # optimisation
     p.add_argument("--batch-size", type=int, default=64, help="sequences per micro-batch and process; lower it on OOM")
     p.add_argument("--total-batch-size", type=int, default=524288, help="tokens per optimizer step (by accumulation)")
@@ -897,6 +1161,12 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup-steps", type=int, default=715, help="linear warmup steps")
     p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay on 2-D parameters")
     p.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm to this (0 = off)")
+    p.add_argument("--muon-lr", type=float, default=0.02, help="modern: Muon lr of the blocks' matrices (the "
+                   "logged lr; --lr and --weight-decay are classic's)")
+    p.add_argument("--embed-lr", type=float, default=0.3, help="modern: AdamW lr of the token embedding")
+    p.add_argument("--head-lr", type=float, default=0.008, help="modern: AdamW lr of the head and the RMSNorm gains")
+    p.add_argument("--cooldown", type=float, default=0.4,
+                   help="modern: the last fraction of the steps, over which the lr decays linearly to zero")
     p.add_argument("--seed", type=int, default=1337, help="seed for the weights and the data order")
     # evaluation and logs
     p.add_argument("--eval-every", type=int, default=250, help="val loss every N steps (0 = off)")
@@ -947,6 +1217,8 @@ def check_args(args: argparse.Namespace, world_size: int) -> None:
                 "checkpoint_every", "warmup_steps"):
         if getattr(args, key) < 1:
             raise UserError(f"--{key.replace('_', '-')} must be positive, got {getattr(args, key)}")
+    if min(args.muon_lr, args.embed_lr, args.head_lr) <= 0 or not 0 <= args.cooldown <= 1:
+        raise UserError("--muon-lr, --embed-lr and --head-lr must be positive, --cooldown between 0 and 1")
     if not (0 < args.epochs < math.inf and 0 < args.lr < math.inf and 0 <= args.grad_clip < math.inf) or \
             min(args.max_steps, args.keep_checkpoints, args.eval_every, args.hellaswag_every, args.sample_every) < 0:
         raise UserError(f"--epochs and --lr must be positive numbers (got {args.epochs}, {args.lr}), --grad-clip >= 0 "
@@ -1005,7 +1277,7 @@ def start_run(args: argparse.Namespace) -> Run:
         torch.set_float32_matmul_precision("high")  # TF32 for whatever runs outside autocast
     init = init_weights(args) if args.init_from else None  # (config, state dict); sets args.n_* to its shape
     config = init[0] if init else GPTConfig(block_size=args.seq_len, n_layer=args.n_layer, n_head=args.n_head,
-                                            n_embd=args.n_embd)
+                                            n_embd=args.n_embd, recipe=args.recipe)
     if not Path(args.data).is_dir():
         raise UserError(f"no data folder {args.data}/ - run python fineweb.py (or fineweb.py --demo for demo_shards/)")
     train_data = ShardLoader(args.data, "train", args.seq_len, args.total_batch_size // args.seq_len, args.seed,
@@ -1024,7 +1296,7 @@ def start_run(args: argparse.Namespace) -> Run:
 
     torch.manual_seed(args.seed)
     ckpt_path, ckpt, skipped = find_resume(args, config)
-    raw = GPT(config)
+    raw = build_model(config)
     if init and ckpt is None:
         raw.load_state_dict(init[1])
     raw = raw.to(device)
@@ -1047,7 +1319,11 @@ def start_run(args: argparse.Namespace) -> Run:
               compiled=compiled, model=model, optimizer=optimizer,
               log=RunLog(args.log_dir, is_master and not args.preflight, args.wandb, vars(args)))
     print0(f"train_gpt2.py config: {json.dumps(vars(args))}")
-    print0(f"{raw.num_params() / 1e6:.1f}M parameters | {world} process(es) on {device} | {run.accum} micro-steps "
+    other = next(r for r in RECIPES if r != args.recipe)
+    with torch.device("meta"):  # shapes only: no memory, no init
+        other_params = build_model(GPTConfig(**{**asdict(config), "recipe": other})).num_params()
+    print0(f"{args.recipe} recipe: {raw.num_params() / 1e6:.1f}M parameters ({other} at this size: "
+           f"{other_params / 1e6:.1f}M) | {world} process(es) on {device} | {run.accum} micro-steps "
            f"of {args.batch_size} x {args.seq_len} per step | {train_data.steps_per_epoch} steps per epoch | "
            f"{total_steps} steps scheduled")
     run.log.event("config", step=ckpt["step"] if ckpt else 0, config=vars(args), model_config=asdict(config),
