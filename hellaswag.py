@@ -230,14 +230,16 @@ def ending_losses(model: torch.nn.Module, tokens: torch.Tensor, mask: torch.Tens
     only at the masked positions, `chunk` rows at a time: for a small model the output layer is most of the work,
     and a (B, T, vocab) tensor of hundreds of MB is never made."""
     base = _unwrap(model)
-    if hasattr(base, "hidden") and hasattr(base, "lm_head"):
-        logits = [base.lm_head(h) for h in base.hidden(tokens)[mask].split(chunk)]  # (n, vocab) each
+    if hasattr(base, "hidden") and hasattr(base, "lm_head"):  # one chunk of (n, vocab) logits at a time
+        w, b = base.lm_head.weight[:GPT2_VOCAB], base.lm_head.bias  # the padding rows of the vocabulary never occur
+        b = b[:GPT2_VOCAB] if b is not None else None
+        logits = (F.linear(h, w, b) for h in base.hidden(tokens)[mask].split(chunk))
     else:
         out = model(tokens)
         out = out.logits if hasattr(out, "logits") else out[0] if isinstance(out, tuple) else out
-        logits = out[mask].split(chunk)
+        logits = (x[:, :GPT2_VOCAB] for x in out[mask].split(chunk))
     targets = targets[mask].split(chunk)
-    return torch.cat([F.cross_entropy(x[:, :GPT2_VOCAB].float(), y, reduction="none") for x, y in zip(logits, targets)])
+    return torch.cat([F.cross_entropy(x.float(), y, reduction="none") for x, y in zip(logits, targets)])
 
 
 def score(model: torch.nn.Module, examples: list[dict], device: str | torch.device, batch_size: int = 32,
