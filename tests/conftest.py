@@ -41,3 +41,16 @@ def demo_run(demo_shards, tmp_path_factory) -> Path:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"demo run failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
     return log_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tmp_path_factory) -> Path:
+    """Three train shards and a val shard of random token ids (34 steps of 256 tokens per epoch)."""
+    import numpy as np
+
+    import fineweb
+    out = tmp_path_factory.mktemp("tiny_shards")
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        fineweb.write_shard(out / fineweb.shard_name(i), rng.integers(0, 2000, 3000, dtype=np.uint16))
+    return out

@@ -264,13 +264,9 @@ def test_rotation_deletes_only_readable_checkpoints_of_ours_never_a_final_one_an
     assert (tmp_path / "model_00001.pt").read_bytes() == theirs
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("shards")
-    rng = np.random.default_rng(0)
-    for i in range(4):
-        fineweb.write_shard(out / fineweb.shard_name(i), rng.integers(0, 2000, 3000, dtype=np.uint16))
-    return out
+@pytest.fixture
+def shards(tiny_shards) -> Path:
+    return tiny_shards
 
 
 def test_resume_auto_stops_at_checkpoints_it_cannot_continue_from(tmp_path, shards):

@@ -14,7 +14,6 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-import fineweb
 import hellaswag
 import infer
 import train_gpt2
@@ -46,15 +45,6 @@ def trained_looking(config: GPTConfig = SMALL, seed: int = 0) -> ModernGPT:
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.2)
     return model
-
-
-@pytest.fixture(scope="module")
-def tiny_shards(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("tiny_shards")
-    rng = np.random.default_rng(0)
-    for i in range(4):
-        fineweb.write_shard(out / fineweb.shard_name(i), rng.integers(0, 2000, 3000, dtype=np.uint16))
-    return out
 
 
 # --- model ---

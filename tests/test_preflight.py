@@ -28,14 +28,9 @@ EXAMPLES = [{"ctx": "A man sits on a roof. He", "endings": ["fixes the tiles.", 
                                                              "reads the sky."], "label": 0}] * 6
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    """Three train shards and a val shard of random token ids (34 steps of 256 tokens per epoch)."""
-    out = tmp_path_factory.mktemp("shards")
-    rng = np.random.default_rng(0)
-    for i in range(4):
-        fineweb.write_shard(out / fineweb.shard_name(i), rng.integers(0, 2000, 3000, dtype=np.uint16))
-    return out
+@pytest.fixture
+def shards(tiny_shards) -> Path:
+    return tiny_shards
 
 
 @pytest.fixture(scope="module")

@@ -34,16 +34,6 @@ def events(log_dir: Path, kind: str) -> list[dict]:
     return [r for r in map(json.loads, lines) if r["event"] == kind]
 
 
-@pytest.fixture(scope="module")
-def tiny_shards(tmp_path_factory) -> Path:
-    """Three train shards and a val shard of random token ids (34 steps of 256 tokens per epoch)."""
-    out = tmp_path_factory.mktemp("tiny_shards")
-    rng = np.random.default_rng(0)
-    for i in range(4):
-        fineweb.write_shard(out / fineweb.shard_name(i), rng.integers(0, 2000, 3000, dtype=np.uint16))
-    return out
-
-
 # --- model ---
 
 def test_model_matches_hugging_face_gpt2_logits(tiny_hf_dir):
