@@ -205,7 +205,10 @@ class GPT(nn.Module):
         logits = self.lm_head(x)  # (B, T, vocab)
         if targets is None:
             return logits, None
-        return logits, ChunkedCrossEntropy.apply(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+        logits2d, targets1d = logits.view(-1, logits.size(-1)), targets.reshape(-1)
+        if logits.dtype == torch.float32:  # nothing to upcast: the fused kernel is faster (CPU, fp32 runs)
+            return logits, F.cross_entropy(logits2d, targets1d, ignore_index=-1)
+        return logits, ChunkedCrossEntropy.apply(logits2d, targets1d)  # bf16 logits: no fp32 copy of them all
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str) -> "GPT":
