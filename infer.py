@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from fineweb import GPT2_VOCAB, HelpFormatter, UserError, add_device_option, fail, get_tokenizer, gpt2_bpe_files
-from train_gpt2 import GPT, HF_NAMES, generate, load_model, pick_device
+from train_gpt2 import CONV1D_WEIGHTS, GPT, HF_NAMES, generate, load_model, pick_device
 
 # ----------------------------------------------------------------------------------------------------------------------
 # config
@@ -143,9 +143,6 @@ def sample(model: GPT, prompt: list[int], num_samples: int = 4, max_new_tokens: 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # export to Hugging Face transformers
-
-CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-
 
 def export_hf(model: GPT, out_dir: str | Path) -> None:
     """Save as a transformers GPT2LMHeadModel folder: config.json and model.safetensors (tied embedding saved once),

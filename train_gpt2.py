@@ -48,6 +48,8 @@ from fineweb import GPT2_VOCAB, UserError, first_line
 # --model name -> (n_layer, n_head, n_embd) of GPT-2 124M, 350M, 774M and 1.5B
 MODEL_SIZES = {"d12": (12, 12, 768), "d24": (24, 16, 1024), "d36": (36, 20, 1280), "d48": (48, 25, 1600)}
 HF_NAMES = {"gpt2": "d12", "gpt2-medium": "d24", "gpt2-large": "d36", "gpt2-xl": "d48"}
+# the Linear weights that Hugging Face GPT-2 stores transposed (as Conv1D, (in, out))
+CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
 
 @dataclass
@@ -220,11 +222,10 @@ class GPT(nn.Module):
         hf = GPT2LMHeadModel.from_pretrained(name_or_dir)
         c, sd_hf = hf.config, hf.state_dict()
         model = cls(GPTConfig(c.n_positions, c.vocab_size, c.n_layer, c.n_head, c.n_embd))
-        transposed = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
         with torch.no_grad():
             for k, v in model.state_dict().items():
                 src = sd_hf[k]
-                if k.endswith(transposed):  # HF stores these as Conv1D: (in, out) instead of Linear's (out, in)
+                if k.endswith(CONV1D_WEIGHTS):  # HF stores these as Conv1D: (in, out), not Linear's (out, in)
                     src = src.t()
                 assert src.shape == v.shape, f"shape mismatch for {k}: {tuple(src.shape)} vs {tuple(v.shape)}"
                 v.copy_(src)
