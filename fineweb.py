@@ -68,9 +68,24 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 
 
 def add_device_option(p: argparse.ArgumentParser) -> None:
-    """--device, the same for every script (train_gpt2.pick_device turns it into a device)."""
+    """--device, the same for every script (pick_device below turns it into a device)."""
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"],
                    help="auto prefers cuda, then mps, then cpu")
+
+
+def pick_device(name: str) -> str:
+    """--device auto|cuda|mps|cpu -> the device to use (auto prefers cuda, then mps, then cpu). UserError when the
+    one asked for is not usable here. (Every script's --device.)"""
+    import torch  # here, not at the top: tokenizing needs no torch
+
+    mps = torch.backends.mps.is_available()
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda, but torch sees no CUDA GPU - check nvidia-smi, or use --device cpu")
+    if name == "mps" and not mps:
+        raise UserError("--device mps, but this torch has no MPS support - use --device cpu")
+    return name
 
 
 # ----------------------------------------------------------------------------------------------------------------------

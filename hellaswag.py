@@ -31,7 +31,18 @@ import torch.distributed as dist
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from fineweb import EOT, GPT2_VOCAB, HelpFormatter, UserError, add_device_option, fail, first_line, get_tokenizer
+from checkpoints import load_model
+from fineweb import (
+    EOT,
+    GPT2_VOCAB,
+    HelpFormatter,
+    UserError,
+    add_device_option,
+    fail,
+    first_line,
+    get_tokenizer,
+    pick_device,
+)
 
 # ----------------------------------------------------------------------------------------------------------------------
 # config
@@ -226,7 +237,7 @@ def ending_losses(model: torch.nn.Module, tokens: torch.Tensor, mask: torch.Tens
     """Cross-entropy (N,), in fp32, of the model's logits at the N positions in mask (B, T) against targets[mask].
 
     Any model that maps tokens (B, T) to logits (B, T, vocab) works: a tensor, a tuple that starts with them, or an
-    output with .logits (Hugging Face). A model with `hidden` and `lm_head` (train_gpt2.GPT) runs its output layer
+    output with .logits (Hugging Face). A model with `hidden` and `lm_head` (model.GPT) runs its output layer
     only at the masked positions, `chunk` rows at a time: for a small model the output layer is most of the work,
     and a (B, T, vocab) tensor of hundreds of MB is never made."""
     base = _unwrap(model)
@@ -315,7 +326,6 @@ def evaluate(model: torch.nn.Module, examples: list[dict], device: str | torch.d
 # main
 
 def main(argv: list[str] | None = None) -> None:
-    from train_gpt2 import load_model, pick_device  # the model is train_gpt2.py's; scoring needs only its logits
 
     args = get_args(argv)
     try:

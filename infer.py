@@ -24,8 +24,18 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from fineweb import GPT2_VOCAB, HelpFormatter, UserError, add_device_option, fail, get_tokenizer, gpt2_bpe_files
-from train_gpt2 import CONV1D_WEIGHTS, GPT, HF_NAMES, generate, load_model, pick_device
+from checkpoints import load_model
+from fineweb import (
+    GPT2_VOCAB,
+    HelpFormatter,
+    UserError,
+    add_device_option,
+    fail,
+    get_tokenizer,
+    gpt2_bpe_files,
+    pick_device,
+)
+from model import CONV1D_WEIGHTS, GPT, HF_NAMES, generate
 
 # ----------------------------------------------------------------------------------------------------------------------
 # config

@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from train_gpt2 import GPT, MODEL_SIZES, GPTConfig, tensor_checksum, tensors  # noqa: E402
+from checkpoints import tensor_checksum, tensors  # noqa: E402
+from model import GPT, MODEL_SIZES, GPTConfig  # noqa: E402
 
 
 def best_of(n: int, fn) -> float:

@@ -18,8 +18,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import infer  # noqa: E402
-from fineweb import get_tokenizer  # noqa: E402
-from train_gpt2 import GPT, MODEL_SIZES, GPTConfig, pick_device  # noqa: E402
+from fineweb import (
+    get_tokenizer,  # noqa: E402
+    pick_device,  # noqa: E402
+)
+from model import GPT, MODEL_SIZES, GPTConfig  # noqa: E402
 
 
 def timed_sample(model: GPT, prompt: list[int], args: argparse.Namespace, use_cache: bool,

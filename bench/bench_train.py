@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import train_gpt2  # noqa: E402
-from train_gpt2 import GPT, MODEL_SIZES, GPTConfig  # noqa: E402
+from model import GPT, MODEL_SIZES, GPTConfig, flops_per_token, peak_flops  # noqa: E402
 
 
 def bench(args: argparse.Namespace, device: str, use_compile: bool) -> tuple[float, float, float | None]:
@@ -51,8 +51,8 @@ def bench(args: argparse.Namespace, device: str, use_compile: bool) -> tuple[flo
             times.append(time.perf_counter() - t0)
     dt = statistics.median(times)
     tok_s = args.batch_size * args.seq_len / dt
-    peak = train_gpt2.peak_flops(device)
-    mfu = train_gpt2.flops_per_token(config, raw.num_params(non_embedding=True)) * tok_s / peak if peak else None
+    peak = peak_flops(device)
+    mfu = flops_per_token(config, raw.num_params(non_embedding=True)) * tok_s / peak if peak else None
     return dt, tok_s, mfu
 
 

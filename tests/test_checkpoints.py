@@ -5,8 +5,10 @@ import builtins
 import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 
@@ -14,11 +16,14 @@ import numpy as np
 import pytest
 import torch
 
+import checkpoints
 import fineweb
 import infer
 import train_gpt2
+from checkpoints import load_model
 from fineweb import UserError
-from train_gpt2 import GPT, GPTConfig, get_lr, load_model
+from model import GPT, GPTConfig
+from train_gpt2 import get_lr
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = str(ROOT / "train_gpt2.py")
@@ -177,12 +182,12 @@ def flip_a_bit_in(path: Path) -> None:
 
 def test_a_bit_flip_is_refused_with_a_clear_line(tmp_path):
     path = tmp_path / "model_00001.pt"
-    train_gpt2.save_checkpoint(path, our_state(1), keep=0)
-    assert train_gpt2.read_checkpoint(path)["step"] == 1
+    checkpoints.save_checkpoint(path, our_state(1), keep=0)
+    assert checkpoints.read_checkpoint(path)["step"] == 1
     flip_a_bit_in(path)
     assert torch.load(path, weights_only=True)["step"] == 1  # torch alone does not notice
-    for read in (train_gpt2.read_checkpoint, lambda p: load_model(str(p))):
-        with pytest.raises(train_gpt2.CheckpointDamaged, match="checksum"):
+    for read in (checkpoints.read_checkpoint, lambda p: load_model(str(p))):
+        with pytest.raises(checkpoints.CheckpointDamaged, match="checksum"):
             read(path)
 
 
@@ -193,7 +198,7 @@ def test_save_fsyncs_the_file_before_the_rename_and_the_folder_after(tmp_path, m
                                                  real_fsync(fd)))
     monkeypatch.setattr(os, "replace", lambda a, b: (calls.append(("replace", str(b))), real_replace(a, b)))
     path = tmp_path / "model_00001.pt"
-    train_gpt2.save_checkpoint(path, our_state(1), keep=0)
+    checkpoints.save_checkpoint(path, our_state(1), keep=0)
     assert calls == [("fsync", str(tmp_path / ".model_00001.pt.tmp")), ("replace", str(path)),
                      ("fsync", str(tmp_path))]
 
@@ -201,7 +206,7 @@ def test_save_fsyncs_the_file_before_the_rename_and_the_folder_after(tmp_path, m
 def test_a_full_disk_says_so_removes_the_temp_file_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     args = train_gpt2.get_args(["--log-dir", str(tmp_path), "--n-layer", "2", "--n-head", "2", "--n-embd", "32",
                                 "--seq-len", "32", "--total-batch-size", "256"])
-    train_gpt2.save_checkpoint(tmp_path / "model_00001.pt", our_state(1), keep=0)
+    checkpoints.save_checkpoint(tmp_path / "model_00001.pt", our_state(1), keep=0)
     before = (tmp_path / "model_00001.pt").read_bytes()
 
     class Full:  # a file that takes 2000 bytes, then the disk is full
@@ -223,26 +228,26 @@ def test_a_full_disk_says_so_removes_the_temp_file_and_keeps_the_previous_checkp
         def __exit__(self, *exc):
             self.f.close()
 
-    monkeypatch.setattr(train_gpt2, "open", lambda p, mode: Full(builtins.open(p, mode)), raising=False)
+    monkeypatch.setattr(checkpoints, "open", lambda p, mode: Full(builtins.open(p, mode)), raising=False)
     with pytest.raises(UserError) as e:
-        train_gpt2.save_checkpoint(tmp_path / "model_00002.pt", our_state(2), keep=1)
+        checkpoints.save_checkpoint(tmp_path / "model_00002.pt", our_state(2), keep=1)
     msg = str(e.value)
     assert msg.startswith("disk full") and "MB free" in msg and "needs about" in msg and "\n" not in msg
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model_00001.pt"]  # no temp file, nothing rotated
     assert (tmp_path / "model_00001.pt").read_bytes() == before
     monkeypatch.undo()
-    path, ckpt, _ = train_gpt2.find_resume(args, TINY)  # a rerun resumes from the previous one
+    path, ckpt, _ = checkpoints.find_resume(args, TINY)  # a rerun resumes from the previous one
     assert path == tmp_path / "model_00001.pt" and ckpt["step"] == 1
 
 
 def test_too_little_room_for_two_checkpoints_warns(tmp_path, monkeypatch, capsys):
     model = tiny_model()
     need = 3 * sum(p.numel() * 4 for p in model.parameters())
-    monkeypatch.setattr(train_gpt2.shutil, "disk_usage", lambda p: type("U", (), {"free": int(1.5 * need)})())
-    train_gpt2.check_free_space(str(tmp_path), model)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: type("U", (), {"free": int(1.5 * need)})())
+    checkpoints.check_free_space(str(tmp_path), model)
     assert "room for fewer than two checkpoints" in capsys.readouterr().err
-    monkeypatch.setattr(train_gpt2.shutil, "disk_usage", lambda p: type("U", (), {"free": 3 * need})())
-    train_gpt2.check_free_space(str(tmp_path), model)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: type("U", (), {"free": 3 * need})())
+    checkpoints.check_free_space(str(tmp_path), model)
     assert capsys.readouterr().err == ""
 
 
@@ -252,15 +257,15 @@ def test_rotation_deletes_only_readable_checkpoints_of_ours_never_a_final_one_an
         tmp_path):
     torch.save({"model": {}, "config": {}}, tmp_path / "model_00001.pt")  # someone else's
     (tmp_path / "model_00002.pt").write_bytes(b"PK\x03\x04 cut short")  # unreadable
-    train_gpt2.save_checkpoint(tmp_path / "model_00003.pt", our_state(3, final=True), keep=0)
-    train_gpt2.save_checkpoint(tmp_path / "model_00004.pt", our_state(4), keep=0)
+    checkpoints.save_checkpoint(tmp_path / "model_00003.pt", our_state(3, final=True), keep=0)
+    checkpoints.save_checkpoint(tmp_path / "model_00004.pt", our_state(4), keep=0)
     for step in (5, 6):
-        train_gpt2.save_checkpoint(tmp_path / f"model_{step:05d}.pt", our_state(step), keep=1)
+        checkpoints.save_checkpoint(tmp_path / f"model_{step:05d}.pt", our_state(step), keep=1)
     assert sorted(p.name for p in tmp_path.glob("model_*.pt")) == \
         ["model_00001.pt", "model_00002.pt", "model_00003.pt", "model_00006.pt"]
     theirs = (tmp_path / "model_00001.pt").read_bytes()
     with pytest.raises(UserError, match="another script's checkpoint - not overwriting it"):
-        train_gpt2.save_checkpoint(tmp_path / "model_00001.pt", our_state(1), keep=1)
+        checkpoints.save_checkpoint(tmp_path / "model_00001.pt", our_state(1), keep=1)
     assert (tmp_path / "model_00001.pt").read_bytes() == theirs
 
 
@@ -292,7 +297,7 @@ def test_resume_auto_falls_back_past_a_damaged_newest_checkpoint_and_says_so(tmp
 # --- one run per log dir ---
 
 def test_a_second_run_on_a_busy_log_dir_stops_at_once_naming_the_first(tmp_path, shards):
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, train_gpt2; train_gpt2.lock_log_dir(sys.argv[1]); "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, checkpoints; checkpoints.lock_log_dir(sys.argv[1]); "
                                "print('locked', flush=True); sys.stdin.read()", str(tmp_path)],
                               cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "locked"
@@ -315,7 +320,7 @@ def test_a_log_dir_that_cannot_be_written_is_one_line_before_any_work(tmp_path, 
     assert r.returncode == 1 and len(lines) == 1 and "--log-dir" in lines[0] and r.stdout == ""
     monkeypatch.setattr(os, "access", lambda path, mode: False)  # read-only (we may run as root, which ignores modes)
     with pytest.raises(UserError, match="cannot be used"):
-        train_gpt2.lock_log_dir(str(tmp_path / "log"))
+        checkpoints.lock_log_dir(str(tmp_path / "log"))
 
 
 # --- --init-from ---
@@ -343,7 +348,7 @@ def test_grad_clip_0_means_no_clipping_and_a_negative_one_is_an_error():
         model = tiny_model()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
         x = torch.randint(0, 2000, (2, 16), generator=torch.Generator().manual_seed(0))
-        train_gpt2.train_step(model, model, opt, lambda m: (x, x), 1, train_gpt2.nullcontext(), clip, 1e-2)
+        train_gpt2.train_step(model, model, opt, lambda m: (x, x), 1, nullcontext(), clip, 1e-2)
         return model.lm_head.weight.detach().clone()
     assert torch.equal(one_step(0.0), one_step(float("inf")))
     assert not torch.equal(one_step(0.0), tiny_model().lm_head.weight)

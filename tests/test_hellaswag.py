@@ -16,7 +16,7 @@ import torch
 
 import hellaswag
 from fineweb import get_tokenizer
-from train_gpt2 import GPT, GPTConfig
+from model import GPT, GPTConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = ("the a man woman dog child ball kitchen guitar slowly quickly then picks up runs across jumps into "
@@ -134,7 +134,7 @@ import json, sys
 import torch.distributed as dist
 sys.path.insert(0, {root!r})
 import hellaswag
-from train_gpt2 import load_model
+from checkpoints import load_model
 dist.init_process_group("gloo")
 model, _ = load_model({ckpt!r}, "cpu")
 result = hellaswag.evaluate(model, hellaswag.load_examples({data!r}), "cpu", batch_size=2,

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 import infer
+from checkpoints import load_model
 from fineweb import get_tokenizer
-from train_gpt2 import GPT, GPT2_VOCAB, GPTConfig, load_model
+from model import GPT, GPT2_VOCAB, GPTConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = GPTConfig(block_size=32, vocab_size=50304, n_layer=2, n_head=2, n_embd=32)

@@ -14,10 +14,14 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+import checkpoints
 import hellaswag
 import infer
 import train_gpt2
-from train_gpt2 import GPT, GPT2_VOCAB, GPTConfig, ModernGPT, Muon, build_model, load_model, orthogonalise
+from checkpoints import load_model
+from fineweb import UserError
+from model import GPT, GPT2_VOCAB, GPTConfig, KVCache, ModernGPT, build_model
+from optim import Muon, orthogonalise
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = str(ROOT / "train_gpt2.py")
@@ -97,7 +101,7 @@ def test_rotary_kv_cache_greedy_sampling_equals_full_recompute(seed):
 def test_rotary_positions_continue_across_the_cache():
     model = trained_looking()
     idx = torch.randint(0, GPT2_VOCAB, (2, 12), generator=torch.Generator().manual_seed(2))
-    cache = train_gpt2.KVCache(model.config, 2, "cpu", torch.float32)
+    cache = KVCache(model.config, 2, "cpu", torch.float32)
     with torch.no_grad():
         full = model(idx)[0]
         steps = [model(idx[:, a:b], cache=cache)[0] for a, b in ((0, 5), (5, 11), (11, 12))]
@@ -164,8 +168,8 @@ def test_modern_run_prints_both_parameter_counts_and_resumes_exactly(tiny_shards
     assert ckpt["model_config"]["recipe"] == "modern" and ckpt["config"]["recipe"] == "modern"
     classic = train_gpt2.get_args([*TINY, "--recipe", "classic", "--log-dir", str(straight)])
     config = GPTConfig(block_size=32, n_layer=2, n_head=2, n_embd=32, recipe="classic")
-    with pytest.raises(train_gpt2.UserError, match="--recipe"):  # the other recipe's checkpoint is refused
-        train_gpt2.find_resume(classic, config)
+    with pytest.raises(UserError, match="--recipe"):  # the other recipe's checkpoint is refused
+        checkpoints.find_resume(classic, config)
 
 
 def test_a_classic_checkpoint_from_before_recipes_still_resumes_and_loads(tmp_path):
@@ -175,7 +179,7 @@ def test_a_classic_checkpoint_from_before_recipes_still_resumes_and_loads(tmp_pa
     old_config = {k: v for k, v in asdict(config).items() if k != "recipe"}  # written before --recipe existed
     torch.save({"model": model.state_dict(), "model_config": old_config, "optimizer": {}, "step": 2,
                 "config": {"total_batch_size": 256}}, tmp_path / "model_00002.pt")
-    path, ckpt, skipped = train_gpt2.find_resume(args, config)
+    path, ckpt, skipped = checkpoints.find_resume(args, config)
     assert path == tmp_path / "model_00002.pt" and not skipped
     assert isinstance(load_model(str(path))[0], GPT)
 

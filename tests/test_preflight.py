@@ -3,6 +3,7 @@ loss without an fp32 copy of the logits, the loader's read-ahead, MFU peaks by G
 
 import errno
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,9 +16,12 @@ from torch.nn import functional as F
 import fineweb
 import hellaswag
 import infer
+import model as model_py
+import preflight as preflight_py
 import train_gpt2
 from fineweb import UserError
-from train_gpt2 import GPT, ChunkedCrossEntropy, GPTConfig, ShardLoader
+from model import GPT, ChunkedCrossEntropy, GPTConfig, KVCache, peak_flops
+from train_gpt2 import ShardLoader
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = str(ROOT / "train_gpt2.py")
@@ -41,7 +45,7 @@ def hellaswag_file(tmp_path_factory) -> Path:
 
 
 def preflight(*args: str) -> int:
-    return train_gpt2.preflight(train_gpt2.get_args([*TINY, *args]))
+    return preflight_py.preflight(train_gpt2.get_args([*TINY, *args]), train_gpt2.start_run)
 
 
 def report(log_dir: Path) -> dict:
@@ -127,8 +131,8 @@ def test_a_read_only_log_folder_fails_the_checkpoint_check(shards, tmp_path, mon
 
 
 def test_a_full_disk_fails_the_disk_check(shards, tmp_path, monkeypatch):
-    full = train_gpt2.shutil.disk_usage(tmp_path)._replace(free=1000)
-    monkeypatch.setattr(train_gpt2.shutil, "disk_usage", lambda path: full)
+    full = shutil.disk_usage(tmp_path)._replace(free=1000)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: full)
     assert preflight(*QUIET, "--data", str(shards), "--log-dir", str(tmp_path), "--keep-checkpoints", "2") == 1
     check = next(c for c in report(tmp_path)["checks"] if c["name"] == "disk")
     assert check["status"] == "FAIL" and "0.0 GB free" in check["reason"] and "up to 1 checkpoint" in check["reason"]
@@ -170,11 +174,11 @@ def test_greedy_bf16_sampling_with_the_cache_matches_full_recompute_and_caches_i
     model = tiny_model().eval()
     dtypes = []
 
-    class Recorded(train_gpt2.KVCache):
+    class Recorded(KVCache):
         def __init__(self, config, batch_size, device, dtype):
             super().__init__(config, batch_size, device, dtype)
             dtypes.append(self.k.dtype)
-    monkeypatch.setattr(train_gpt2, "KVCache", Recorded)
+    monkeypatch.setattr(model_py, "KVCache", Recorded)
     prompt = [15496, 11, 314, 1101, 257, 3303, 2746, 11]
     cached = infer.sample(model, prompt, 2, 20, top_k=1, dtype="bfloat16")
     full = infer.sample(model, prompt, 2, 20, top_k=1, dtype="bfloat16", use_cache=False)
@@ -219,7 +223,7 @@ def test_the_loader_reads_the_next_micro_batch_ahead_and_gives_the_same_tokens(s
                                         ("NVIDIA H100 NVL", 835e12), ("NVIDIA H200", 989e12),
                                         ("NVIDIA H200 NVL", 835e12), ("Some New GPU", None)])
 def test_mfu_uses_the_peak_of_the_gpu_variant(name, peak):
-    assert train_gpt2.peak_flops("cuda", name) == peak
+    assert peak_flops("cuda", name) == peak
 
 
 def test_gpu_check_script_runs_tiny_on_cpu_and_prints_the_results_table():

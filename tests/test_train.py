@@ -15,7 +15,9 @@ import torch
 
 import fineweb
 import train_gpt2
-from train_gpt2 import GPT, ShardLoader, get_lr
+from checkpoints import load_model
+from model import GPT
+from train_gpt2 import ShardLoader, get_lr
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = str(ROOT / "train_gpt2.py")
@@ -147,7 +149,7 @@ def test_checkpoint_loads_with_weights_only_and_no_warning(demo_run):
     assert {"model", "model_config", "config", "step", "epoch", "optimizer", "loader", "rng", "val_loss"} <= set(ckpt)
     assert ckpt["step"] == 6 and ckpt["config"]["preset"] == "demo" and isinstance(ckpt["val_loss"], float)
     assert not any(k.startswith(("_orig_mod.", "module.")) for k in ckpt["model"])
-    model, config = train_gpt2.load_model(str(demo_run / "model_00006.pt"))
+    model, config = load_model(str(demo_run / "model_00006.pt"))
     assert model.config.n_layer == 4 and config["total_batch_size"] == 512
 
 

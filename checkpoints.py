@@ -1,0 +1,321 @@
+"""
+Checkpoints of train_gpt2.py, and the models the other scripts load: written durably with a CRC32 of their tensors,
+read safely (weights only: nothing in a file can run code), rotated, chosen for --resume; the formats of
+build-nanogpt and nanoGPT; --init-from's sources; load_model for hellaswag.py and infer.py; one run per log dir.
+
+Operations, not the training story: train_gpt2.py calls into this file, and a learner can skip it.
+"""
+
+import argparse
+import atexit
+import errno
+import fcntl
+import os
+import re
+import shutil
+import socket
+import sys
+import zlib
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fineweb import UserError, first_line
+from model import GPT, HF_NAMES, MODEL_SIZES, GPTConfig, ModernGPT, build_model
+
+# ----------------------------------------------------------------------------------------------------------------------
+# reading and writing
+
+CKPT_NAME = re.compile(r"model_(\d+)\.pt$")
+OURS = ("model", "model_config", "optimizer", "step", "config")  # what every training checkpoint of ours holds
+
+
+class CheckpointDamaged(UserError):
+    """A file that is truncated, or whose tensors no longer match the checksum saved with them."""
+
+
+class PeerConfig:
+    """Stands in for the GPTConfig dataclass that build-nanogpt pickles into its checkpoints (as __main__.GPTConfig, or
+    model.GPTConfig): a weights-only load may create it and set its fields, and no code of theirs runs."""
+
+
+PEER_GLOBALS = [(PeerConfig, "__main__.GPTConfig"), (PeerConfig, "model.GPTConfig")]
+
+
+def printable(text: str) -> str:
+    """text without terminal escape sequences or control characters (a file's contents must not drive the terminal)."""
+    return re.sub(r"[\x00-\x1f\x7f-\x9f]", "", re.sub(r"\x1b\[[0-?]*[ -/]*[@-~]", "", text))
+
+
+def list_checkpoints(log_dir: str | Path) -> list[Path]:
+    """model_*.pt in the log dir, oldest first."""
+    found = [p for p in Path(log_dir).glob("model_*.pt") if CKPT_NAME.match(p.name)]
+    return sorted(found, key=lambda p: int(CKPT_NAME.match(p.name).group(1)))
+
+
+def tensors(obj) -> Iterator[torch.Tensor]:
+    """Every tensor in a nested dict / list / tuple, in a fixed order (dicts keep theirs through torch.save)."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict | list | tuple):
+        for v in obj.values() if isinstance(obj, dict) else obj:
+            yield from tensors(v)
+
+
+def tensor_checksum(state: dict) -> int:
+    """A CRC32 of each tensor's bytes, on all cores (zlib lets go of the GIL), then one of those CRCs in order: about
+    1 to 2 GB/s per core (bench/bench_checkpoint.py)."""
+    crc = lambda t: zlib.crc32(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())  # noqa: E731
+    with ThreadPoolExecutor(min(16, os.cpu_count() or 1)) as pool:
+        return zlib.crc32(np.array(list(pool.map(crc, tensors(state))), dtype=np.uint32).tobytes())
+
+
+def load_file(path: str | Path, mmap: bool = False) -> object:
+    """torch.load with weights_only=True, so nothing in the file can run code; PeerConfig is allowed under the names
+    other scripts pickle their GPTConfig as. UserError naming the global it refused; CheckpointDamaged otherwise."""
+    try:
+        with torch.serialization.safe_globals(PEER_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as e:
+        refused = re.search(r"GLOBAL (\S+) was not an allowed global", str(e))
+        if refused:
+            raise UserError(f"could not load {path}: it pickles {printable(refused.group(1))}, which a safe "
+                            "(weights-only) load refuses - save its state_dict, or a Hugging Face folder, instead") \
+                from None
+        raise CheckpointDamaged(f"could not load {path}: truncated or not a checkpoint ({type(e).__name__}: "
+                                f"{printable(first_line(e))[:200]})") from None
+
+
+def read_checkpoint(path: Path) -> dict:
+    """A training checkpoint of this script with its checksum verified, or UserError (CheckpointDamaged: damaged)."""
+    ckpt = load_file(path)
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in OURS):
+        raise UserError(f"{path} is not a train_gpt2.py training checkpoint (it needs {', '.join(OURS)}) - "
+                        "--init-from starts a new run from its weights")
+    if "checksum" in ckpt and tensor_checksum(ckpt) != ckpt["checksum"]:
+        raise CheckpointDamaged(f"{path} is damaged: its tensors do not match the checksum saved with them")
+    return ckpt
+
+
+def head_of(path: Path) -> dict | None:
+    """A checkpoint's small entries, without reading its tensors (mmap); None when it cannot be read."""
+    try:
+        head = load_file(path, mmap=True)
+    except UserError:
+        return None
+    return head if isinstance(head, dict) else None
+
+
+def is_disk_full(e: BaseException | None) -> bool:
+    while e is not None:
+        if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def save_checkpoint(path: Path, state: dict, keep: int) -> None:
+    """Write durably: a temp file, fsync'd, renamed over the name, then the folder fsync'd (so a network filesystem
+    cannot lose the rename), with a CRC32 of the tensors that loading verifies. A full disk is a UserError with the
+    sizes, the temp file removed, older checkpoints untouched. Then delete all but the newest `keep` checkpoints,
+    only ones this script wrote and can read, and never the one a run ended with (state["final"])."""
+    if path.exists() and (head := head_of(path)) is not None and any(k not in head for k in OURS):
+        raise UserError(f"{path} is another script's checkpoint - not overwriting it; pass another --log-dir")
+    state = {**state, "checksum": tensor_checksum(state)}
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if not is_disk_full(e):
+            raise
+        need, free = sum(t.nbytes for t in tensors(state)), shutil.disk_usage(path.parent).free
+        raise UserError(f"disk full: {path} needs about {need / 1e6:,.0f} MB and {path.parent} has "
+                        f"{free / 1e6:,.0f} MB free - free some space and rerun (--resume auto continues from the "
+                        "last checkpoint saved)") from None
+    os.replace(tmp, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+    for old in list_checkpoints(path.parent)[:-keep] if keep > 0 else []:
+        head = head_of(old)
+        if old != path and head is not None and all(k in head for k in OURS) and not head.get("final"):
+            old.unlink(missing_ok=True)
+
+
+def check_free_space(log_dir: str, model: GPT) -> None:
+    """Warn when the log dir has room for fewer than two checkpoints (weights and AdamW's two moments)."""
+    need = 3 * sum(p.numel() * p.element_size() for p in model.parameters())
+    free = shutil.disk_usage(log_dir).free
+    if free < 2 * need:
+        print(f"train_gpt2.py: warning: {log_dir} has {free / 1e6:,.0f} MB free, room for fewer than two checkpoints "
+              f"of about {need / 1e6:,.0f} MB - free some space before the first save", file=sys.stderr)
+
+
+def find_resume(args: argparse.Namespace, config: GPTConfig) -> tuple[Path | None, dict | None, list[str]]:
+    """The checkpoint to continue from (--resume auto: the newest one that loads; a path; or none), and the damaged
+    newer ones passed over. UserError when the one named cannot be resumed from or does not fit the options, and
+    when --resume auto meets model_*.pt files it cannot resume from and no good checkpoint of ours before them."""
+    path, ckpt, skipped, foreign = None, None, [], []
+    if args.resume not in ("auto", "none"):
+        if not Path(args.resume).is_file():
+            raise UserError(f"--resume {args.resume}: no such file - pass a model_*.pt, auto or none")
+        try:
+            path, ckpt = Path(args.resume), read_checkpoint(Path(args.resume))
+        except UserError as e:
+            raise UserError(f"--resume: {e}") from None
+    ours = set(list_checkpoints(args.log_dir)) if args.resume == "auto" else set()
+    others = [p for p in Path(args.log_dir).glob("model_*.pt") if p not in ours] if args.resume == "auto" else []
+    for candidate in reversed(list_checkpoints(args.log_dir)) if args.resume == "auto" else []:
+        try:
+            path, ckpt = candidate, read_checkpoint(candidate)
+            break
+        except CheckpointDamaged as e:
+            skipped.append(str(e))
+        except UserError:
+            foreign.append(candidate)
+    if foreign or others or (skipped and ckpt is None):
+        names = ", ".join(p.name for p in sorted(foreign + others)) or "; ".join(skipped)
+        raise UserError(f"{args.log_dir}/ holds checkpoints that --resume auto cannot continue from ({names}) - "
+                        "start from their weights with --init-from FILE, or from scratch with --resume none, "
+                        "either with another --log-dir")
+    if ckpt is not None and {"recipe": "classic", **ckpt["model_config"]} != asdict(config):  # older: no recipe
+        raise UserError(f"{path} holds a model {ckpt['model_config']}, but the options ask for {asdict(config)} - "
+                        "pass the same --recipe/--model/--n-*/--seq-len/--init-from, or --resume none")
+    if ckpt is not None and ckpt["config"].get("total_batch_size") != args.total_batch_size:
+        raise UserError(f"{path} was trained with --total-batch-size {ckpt['config'].get('total_batch_size')}; "
+                        "resume with the same value (the data position is counted in steps)")
+    return path, ckpt, skipped
+
+
+def peer_weights(ckpt: object, path: Path) -> tuple[GPTConfig, dict, str | None]:
+    """(config, state dict for GPT, a note or None) from a checkpoint of this script, of build-nanogpt ({'model',
+    'config': GPTConfig, 'step', 'val_loss'}) or of nanoGPT (ckpt.pt: {'model', 'model_args', ...})."""
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
+        raise UserError(f"could not load {path}: no 'model' state dict in it - pass a checkpoint of train_gpt2.py, "
+                        "build-nanogpt or nanoGPT, a Hugging Face GPT-2 folder, or gpt2")
+    # keys saved from a torch.compile'd or DDP-wrapped model carry these prefixes; attn.bias is a causal-mask buffer
+    state = {re.sub(r"^((_orig_mod|module)\.)+", "", k): v for k, v in ckpt["model"].items()}
+    state = {k: v for k, v in state.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
+    note, fields = None, ("block_size", "vocab_size", "n_layer", "n_head", "n_embd")
+    if isinstance(ckpt.get("model_config"), dict):
+        config = GPTConfig(**ckpt["model_config"])
+    elif isinstance(ckpt.get("config"), PeerConfig):  # build-nanogpt: the same model, tanh GELU included
+        config = GPTConfig(**{f: getattr(ckpt["config"], f) for f in fields if hasattr(ckpt["config"], f)})
+    elif isinstance(ckpt.get("model_args"), dict):  # nanoGPT: bias=False means no biases, i.e. zero ones here
+        config = GPTConfig(**{f: ckpt["model_args"][f] for f in fields if f in ckpt["model_args"]})
+        if not ckpt["model_args"].get("bias", True):
+            for k, v in GPT(config).state_dict().items():
+                if k.endswith(".bias"):
+                    state.setdefault(k, torch.zeros_like(v))
+        note = (f"{path} is a nanoGPT checkpoint, trained with exact GELU; this model uses GPT-2's tanh approximation, "
+                "so its logits differ slightly from nanoGPT's")
+    else:
+        raise UserError(f"could not load {path}: a format this script does not know (keys: "
+                        f"{printable(', '.join(map(str, list(ckpt)[:8])))}) - see the README's 'which formats load'")
+    return config, state, note
+
+
+def load_model(spec: str, device: str | torch.device = "cpu") -> tuple[GPT | ModernGPT, dict]:
+    """(GPT or ModernGPT, as its recipe says, in eval mode on device, its training config or {}) from a checkpoint
+    of this script, build-nanogpt or
+    nanoGPT, an OpenAI name (gpt2 ... gpt2-xl) or a Hugging Face GPT-2 folder; UserError when it cannot.
+    (hellaswag.py, infer.py and --init-from use it.)"""
+    path = Path(spec)
+    hub = spec in HF_NAMES and not path.exists()
+    if hub or path.is_dir() and (path / "config.json").exists():
+        try:
+            return GPT.from_pretrained(spec).to(device).eval(), {}
+        except OSError as e:  # no network and not cached, or an incomplete folder
+            if hub:
+                raise UserError(f"could not download the {spec} weights from the Hugging Face Hub ({first_line(e)}) - "
+                                "connect to the internet once (they are cached), or pass a folder made with "
+                                "save_pretrained") from None
+            raise UserError(f"could not load {spec}: {first_line(e)}") from None
+    if not path.is_file():
+        raise UserError(f"no such file or folder: {spec} - pass a model_*.pt from train_gpt2.py, a Hugging Face "
+                        f"GPT-2 folder or one of {', '.join(HF_NAMES)}")
+    ckpt = load_file(path)
+    if isinstance(ckpt, dict) and "checksum" in ckpt and tensor_checksum(ckpt) != ckpt["checksum"]:
+        raise CheckpointDamaged(f"{path} is damaged: its tensors do not match the checksum saved with them")
+    config, state, note = peer_weights(ckpt, path)
+    try:
+        model = build_model(config)
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, KeyError) as e:
+        raise UserError(f"could not load {spec}: its weights do not fit train_gpt2's model "
+                        f"({type(e).__name__}: {printable(first_line(e))})") from None
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    return model.to(device).eval(), ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+
+
+def init_weights(args: argparse.Namespace) -> tuple[GPTConfig, dict]:
+    """--init-from: (config, weights) of that model cut to --seq-len positions; args' --n-* take its shape."""
+    model, _ = load_model(args.init_from)
+    c = model.config
+    if args.seq_len > c.block_size:
+        raise UserError(f"--seq-len {args.seq_len} is longer than the {c.block_size} positions of {args.init_from} - "
+                        f"pass --seq-len {c.block_size} or less")
+    args.n_layer, args.n_head, args.n_embd, args.recipe = c.n_layer, c.n_head, c.n_embd, c.recipe
+    args.model = next((name for name, d in MODEL_SIZES.items() if d == (c.n_layer, c.n_head, c.n_embd)), "custom")
+    state = model.state_dict()
+    if "transformer.wpe.weight" in state:  # learned positions (classic); the modern recipe's rotary ones have none
+        state["transformer.wpe.weight"] = state["transformer.wpe.weight"][:args.seq_len]
+    return replace(c, block_size=args.seq_len), state
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# one run per log dir
+
+LOCK_NAME = ".lock"
+LOCKS = []  # how to release each log-dir lock this process holds (release_log_dirs)
+
+
+def release_log_dirs() -> None:
+    """Give up the log-dir locks of this process: at the end of a run or preflight, and at exit."""
+    while LOCKS:
+        LOCKS.pop()()
+
+
+def lock_log_dir(log_dir: str) -> None:
+    """One run per log folder: LOG_DIR/.lock names this process (pid and host) and holds an flock, which the kernel
+    drops when the process dies, so a stale lock file is simply taken over; a second run stops at once, naming the
+    first. Also checks that the folder can be read and written. release_log_dirs() removes the lock file."""
+    path = Path(log_dir) / LOCK_NAME
+    for _ in range(3):  # again if the file was removed or replaced while we waited for its lock
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not os.access(path.parent, os.R_OK | os.W_OK | os.X_OK):
+                raise PermissionError("no read and write permission")
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise UserError(f"--log-dir {log_dir} cannot be used ({printable(first_line(e))}) - pass a folder "
+                            "you can read and write") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = printable(os.read(fd, 200).decode(errors="replace")) or "a process starting up"
+            os.close(fd)
+            raise UserError(f"{log_dir}/ is in use by another training run ({other}) - wait for it or stop it, "
+                            "or pass another --log-dir") from None
+        except OSError:  # a filesystem without flock: the file still names us
+            pass
+        if path.exists() and os.stat(path).st_ino == os.fstat(fd).st_ino:
+            break
+        os.close(fd)
+    else:
+        raise UserError(f"{log_dir}/{LOCK_NAME} keeps changing - another run is starting there; pass another --log-dir")
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+    LOCKS.append(lambda: (path.unlink(missing_ok=True), os.close(fd)))  # unlink while still holding the lock
+    atexit.register(release_log_dirs)
