@@ -163,19 +163,28 @@ def check_free_space(log_dir: str, model: GPT) -> None:
 
 def find_resume(args: argparse.Namespace, config: GPTConfig) -> tuple[Path | None, dict | None, list[str]]:
     """The checkpoint to continue from (--resume auto: the newest one that loads; a path; or none), and the damaged
-    newer ones passed over. UserError when the one named cannot be resumed from or does not fit the options, and
-    when --resume auto meets model_*.pt files it cannot resume from and no good checkpoint of ours before them."""
-    path, ckpt, skipped, foreign = None, None, [], []
+    newer ones passed over. A new run (--resume none, or --init-from) never starts in a log dir that holds another
+    run's checkpoints: its saves would overwrite theirs and rotation would delete the rest. UserError then, when the
+    one named cannot be resumed from or does not fit the options, and when --resume auto meets model_*.pt files it
+    cannot resume from and no good checkpoint of ours before them."""
+    log_dir, path, ckpt, skipped, foreign = Path(args.log_dir), None, None, [], []
+    present = sorted(p.name for p in log_dir.glob("model_*.pt"))
+    held = f"{args.log_dir}/ holds the checkpoints of a run ({', '.join(present[-3:])})"
+    if args.resume == "none" and present:
+        raise UserError(f"{held}; --resume none would start a new run over them - pass another --log-dir (or move "
+                        "them away), or --resume auto to continue that run")
     if args.resume not in ("auto", "none"):
         if not Path(args.resume).is_file():
             raise UserError(f"--resume {args.resume}: no such file - pass a model_*.pt, auto or none")
+        if present and Path(args.resume).resolve().parent != log_dir.resolve():
+            raise UserError(f"{held}; continuing {args.resume} there would mix two runs - pass an empty --log-dir")
         try:
             path, ckpt = Path(args.resume), read_checkpoint(Path(args.resume))
         except UserError as e:
             raise UserError(f"--resume: {e}") from None
-    ours = set(list_checkpoints(args.log_dir)) if args.resume == "auto" else set()
-    others = [p for p in Path(args.log_dir).glob("model_*.pt") if p not in ours] if args.resume == "auto" else []
-    for candidate in reversed(list_checkpoints(args.log_dir)) if args.resume == "auto" else []:
+    ours = set(list_checkpoints(log_dir)) if args.resume == "auto" else set()
+    others = [p for p in log_dir.glob("model_*.pt") if p not in ours] if args.resume == "auto" else []
+    for candidate in reversed(list_checkpoints(log_dir)) if args.resume == "auto" else []:
         try:
             path, ckpt = candidate, read_checkpoint(candidate)
             break
@@ -188,9 +197,14 @@ def find_resume(args: argparse.Namespace, config: GPTConfig) -> tuple[Path | Non
         raise UserError(f"{args.log_dir}/ holds checkpoints that --resume auto cannot continue from ({names}) - "
                         "start from their weights with --init-from FILE, or from scratch with --resume none, "
                         "either with another --log-dir")
+    if ckpt is not None and args.init_from and ckpt["config"].get("init_from") != args.init_from:
+        raise UserError(f"{held}, started from {ckpt['config'].get('init_from') or 'scratch'}; --init-from "
+                        f"{args.init_from} starts a new run - pass another --log-dir, or leave out --init-from to "
+                        "continue that run")
     if ckpt is not None and {"recipe": "classic", **ckpt["model_config"]} != asdict(config):  # older: no recipe
         raise UserError(f"{path} holds a model {ckpt['model_config']}, but the options ask for {asdict(config)} - "
-                        "pass the same --recipe/--model/--n-*/--seq-len/--init-from, or --resume none")
+                        "pass the same --recipe/--model/--n-*/--seq-len/--init-from, or another --log-dir for a new "
+                        "run")
     if ckpt is not None and ckpt["config"].get("total_batch_size") != args.total_batch_size:
         raise UserError(f"{path} was trained with --total-batch-size {ckpt['config'].get('total_batch_size')}; "
                         "resume with the same value (the data position is counted in steps)")
@@ -225,11 +239,8 @@ def peer_weights(ckpt: object, path: Path) -> tuple[GPTConfig, dict, str | None]
     return config, state, note
 
 
-def load_model(spec: str, device: str | torch.device = "cpu") -> tuple[GPT | ModernGPT, dict]:
-    """(GPT or ModernGPT, as its recipe says, in eval mode on device, its training config or {}) from a checkpoint
-    of this script, build-nanogpt or
-    nanoGPT, an OpenAI name (gpt2 ... gpt2-xl) or a Hugging Face GPT-2 folder; UserError when it cannot.
-    (hellaswag.py, infer.py and --init-from use it.)"""
+def load_file_model(spec: str, device: str | torch.device = "cpu") -> tuple[GPT | ModernGPT, dict]:
+    """load_model of one checkpoint file, OpenAI name or Hugging Face folder."""
     path = Path(spec)
     hub = spec in HF_NAMES and not path.exists()
     if hub or path.is_dir() and (path / "config.json").exists():
@@ -242,8 +253,8 @@ def load_model(spec: str, device: str | torch.device = "cpu") -> tuple[GPT | Mod
                                 "save_pretrained") from None
             raise UserError(f"could not load {spec}: {first_line(e)}") from None
     if not path.is_file():
-        raise UserError(f"no such file or folder: {spec} - pass a model_*.pt from train_gpt2.py, a Hugging Face "
-                        f"GPT-2 folder or one of {', '.join(HF_NAMES)}")
+        raise UserError(f"no such file or folder: {spec} - pass a model_*.pt from train_gpt2.py, a log dir, a Hugging "
+                        f"Face GPT-2 folder or one of {', '.join(HF_NAMES)}")
     ckpt = load_file(path)
     if isinstance(ckpt, dict) and "checksum" in ckpt and tensor_checksum(ckpt) != ckpt["checksum"]:
         raise CheckpointDamaged(f"{path} is damaged: its tensors do not match the checksum saved with them")
@@ -259,6 +270,50 @@ def load_model(spec: str, device: str | torch.device = "cpu") -> tuple[GPT | Mod
     return model.to(device).eval(), ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
 
 
+# a checkpoint file name of ours (model_SSSSS.pt) or of a build-nanogpt fork (model_EE_SSSSS.pt)
+ANY_CKPT_NAME = re.compile(r"model_(\d+)(?:_(\d+))?\.pt$")
+
+
+def newest_first(folder: Path) -> list[Path]:
+    """The model_*.pt in a log dir (or a fork's checkpoints/ folder), newest (highest step, or epoch and step) first."""
+    found = [(tuple(int(g) for g in m.groups() if g), p) for p in folder.glob("model_*.pt")
+             if (m := ANY_CKPT_NAME.match(p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def model_files(spec: str) -> list[str]:
+    """What load_model tries for spec, in order: a log dir (or a checkpoints/ folder) gives its model_*.pt newest
+    first; anything else is itself."""
+    path = Path(spec)
+    if not path.is_dir() or (path / "config.json").exists():
+        return [spec]
+    found = [str(p) for p in newest_first(path)]
+    if not found:
+        raise UserError(f"{spec} holds no model_*.pt checkpoint and no config.json - pass a checkpoint file, a "
+                        "train_gpt2.py log dir or a Hugging Face GPT-2 folder")
+    return found
+
+
+def load_newest(spec: str, device: str | torch.device = "cpu") -> tuple[GPT | ModernGPT, dict, str]:
+    """load_model, and the file it loaded. A log dir gives its newest checkpoint that loads: an unreadable newest one
+    (a save cut short by a full disk or a killed pod) is passed over for the one before, with a notice."""
+    candidates = model_files(spec)
+    for i, candidate in enumerate(candidates):
+        try:
+            return *load_file_model(candidate, device), candidate
+        except UserError as e:
+            if i == len(candidates) - 1:
+                raise
+            print(f"notice: skipping {e}", file=sys.stderr)
+
+
+def load_model(spec: str, device: str | torch.device = "cpu") -> tuple[GPT | ModernGPT, dict]:
+    """(GPT or ModernGPT, as its recipe says, in eval mode on device, its training config or {}) from a checkpoint
+    of this script, build-nanogpt or nanoGPT, a log dir (its newest checkpoint), an OpenAI name (gpt2 ... gpt2-xl)
+    or a Hugging Face GPT-2 folder; UserError when it cannot. (hellaswag.py, infer.py and --init-from use it.)"""
+    return load_newest(spec, device)[:2]
+
+
 def init_weights(args: argparse.Namespace) -> tuple[GPTConfig, dict]:
     """--init-from: (config, weights) of that model cut to --seq-len positions; args' --n-* take its shape."""
     model, _ = load_model(args.init_from)
@@ -266,7 +321,13 @@ def init_weights(args: argparse.Namespace) -> tuple[GPTConfig, dict]:
     if args.seq_len > c.block_size:
         raise UserError(f"--seq-len {args.seq_len} is longer than the {c.block_size} positions of {args.init_from} - "
                         f"pass --seq-len {c.block_size} or less")
-    args.n_layer, args.n_head, args.n_embd, args.recipe = c.n_layer, c.n_head, c.n_embd, c.recipe
+    shape = dict(recipe=c.recipe, n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd)
+    unused = [f"--{k.replace('_', '-')} {getattr(args, k)}" for k, v in shape.items() if getattr(args, k) != v]
+    if unused and int(os.environ.get("RANK", "0")) == 0:
+        print(f"train_gpt2.py: notice: --init-from {args.init_from} is a {c.recipe}-recipe model of {c.n_layer} "
+              f"layers, {c.n_head} heads, {c.n_embd} wide, and trains as that ({', '.join(unused)} not used)",
+              flush=True)
+    vars(args).update(shape)
     args.model = next((name for name, d in MODEL_SIZES.items() if d == (c.n_layer, c.n_head, c.n_embd)), "custom")
     state = model.state_dict()
     if "transformer.wpe.weight" in state:  # learned positions (classic); the modern recipe's rotary ones have none
@@ -315,7 +376,14 @@ def lock_log_dir(log_dir: str) -> None:
         os.close(fd)
     else:
         raise UserError(f"{log_dir}/{LOCK_NAME} keeps changing - another run is starting there; pass another --log-dir")
-    os.ftruncate(fd, 0)
-    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+    except OSError as e:
+        path.unlink(missing_ok=True)
+        os.close(fd)
+        why = "the disk is full" if is_disk_full(e) else printable(first_line(e))
+        raise UserError(f"--log-dir {log_dir} cannot be used ({why}) - free some space, or pass another --log-dir") \
+            from None
     LOCKS.append(lambda: (path.unlink(missing_ok=True), os.close(fd)))  # unlink while still holding the lock
     atexit.register(release_log_dirs)

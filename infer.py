@@ -16,7 +16,6 @@ model came from, the device and the speed go to stderr.
 import argparse
 import codecs
 import math
-import re
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from checkpoints import load_model
+from checkpoints import load_newest
 from fineweb import (
     GPT2_VOCAB,
     HelpFormatter,
@@ -35,7 +34,7 @@ from fineweb import (
     gpt2_bpe_files,
     pick_device,
 )
-from model import CONV1D_WEIGHTS, GPT, HF_NAMES, generate
+from model import CONV1D_WEIGHTS, GPT, generate
 
 # ----------------------------------------------------------------------------------------------------------------------
 # config
@@ -65,48 +64,6 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--export-hf", metavar="DIR", default=None,
                    help="write the model as a transformers GPT2LMHeadModel folder (config, weights, tokenizer)")
     return p.parse_args(argv)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# loading
-
-CKPT_NAME = re.compile(r"model_(\d+)(?:_(\d+))?\.pt$")  # model_SSSSS.pt, or a build-nanogpt fork's model_EE_SSSSS.pt
-
-
-def checkpoints_in(folder: Path) -> list[Path]:
-    """The model_*.pt in a log dir (or a fork's checkpoints/ folder), newest (highest step, or epoch and step) first."""
-    found = [(tuple(int(g) for g in m.groups() if g), p) for p in folder.glob("model_*.pt")
-             if (m := CKPT_NAME.match(p.name))]
-    return [p for _, p in sorted(found, reverse=True)]
-
-
-def resolve_checkpoint(spec: str) -> str:
-    """A log dir (or a checkpoints/ folder) becomes its newest model_*.pt; anything else is passed on as it is."""
-    path = Path(spec)
-    if path.is_dir() and not (path / "config.json").exists():
-        ckpts = checkpoints_in(path)
-        if not ckpts:
-            raise UserError(f"{spec} holds no model_*.pt checkpoint and no config.json - "
-                            "pass a checkpoint file, a train_gpt2.py log dir or a Hugging Face GPT-2 folder")
-        return str(ckpts[0])
-    if spec not in HF_NAMES and not path.exists():
-        raise UserError(f"no such file or folder: {spec} - pass a model_*.pt from train_gpt2.py, a log dir, "
-                        f"a Hugging Face GPT-2 folder or one of {', '.join(HF_NAMES)}")
-    return spec
-
-
-def load(spec: str, device: str) -> tuple[GPT, str]:
-    """(model, what was loaded). A log dir gives its newest checkpoint that loads: an unreadable newest one (a save
-    cut short by a full disk or a killed pod) is passed over for the one before, with a notice."""
-    newest = resolve_checkpoint(spec)
-    candidates = [str(p) for p in checkpoints_in(Path(spec))] if newest != spec else [spec]
-    for i, candidate in enumerate(candidates):
-        try:
-            return load_model(candidate, device)[0], candidate
-        except UserError as e:
-            if i == len(candidates) - 1:
-                raise
-            print(f"infer.py: notice: skipping {e}", file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -215,7 +172,7 @@ def run(args: argparse.Namespace) -> None:
 
     device = pick_device(args.device)
     dtype = args.dtype or ("bfloat16" if device == "cuda" else "float32")
-    model, spec = load(args.checkpoint, device)
+    model, _, spec = load_newest(args.checkpoint, device)
     enc = get_tokenizer()
     tokens = enc.encode(prompt or "", allowed_special={"<|endoftext|>"})
     if len(tokens) > model.config.block_size:

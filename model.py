@@ -380,7 +380,8 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
     logits = logits[:, :GPT2_VOCAB].float()  # never sample the padding ids
     if top_k == 1 or temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
-    values, ids = torch.topk(logits / temperature, min(top_k or GPT2_VOCAB, GPT2_VOCAB), dim=-1)  # (B, k), sorted
+    values, ids = torch.topk(logits, min(top_k or GPT2_VOCAB, GPT2_VOCAB), dim=-1)  # (B, k), sorted
+    values = (values - values[:, :1]) / temperature  # from the largest: a tiny temperature gives -inf, never NaN
     if top_p is not None and top_p < 1.0:
         probs = values.softmax(dim=-1)
         values = values.masked_fill(probs.cumsum(dim=-1) - probs > top_p, float("-inf"))  # mass before it > top_p

@@ -227,6 +227,20 @@ locate_log_dir() {
     fi
 }
 
+# Who holds LOG_DIR/.lock, the lock of a live train_gpt2.py run there ("pid N on HOST"); nothing when it is free.
+lock_holder() {
+    "$PYTHON" - "$log_dir/.lock" 2>/dev/null <<'EOF' || true
+import fcntl, os, sys
+try:
+    fd = os.open(sys.argv[1], os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+except BlockingIOError:
+    print(os.read(fd, 200).decode(errors="replace").strip() or "a run starting up")
+except OSError:
+    pass
+EOF
+}
+
 # --- runpodctl, v2 or v1 ---
 
 rp_gen=""  # 2 or 1: which runpodctl generation answers, found by the first call
@@ -318,6 +332,7 @@ plan_pod() {
     fi
     case $outcome in
         ctrl-c) pod_reason="interrupted with Ctrl-C: you are at the keyboard, pod $pod_id is left running"; return ;;
+        refused) pod_reason="training did not start: another run ($holder) has $log_dir - pod $pod_id is left running for it"; return ;;
         finished) how="training finished" ;;
         failed) how="training exited with code $rc" ;;
         stopped) how="training was stopped with SIG${stop_signal:-TERM}" ;;
@@ -416,9 +431,11 @@ end_pod() {
 # --- training, then the pod decision (runs detached unless --foreground) ---
 
 # Run a command, its output also appended to the log file in --foreground mode; returns its exit code.
+# tee ignores Ctrl-C, a hangup and kill: it must outlive training's last lines (a dropped SSH closes the terminal,
+# not the log file; training then saves a checkpoint and says so, and tee writes that to the log).
 run_logged() {
     if [[ -n ${tee_log:-} ]]; then
-        "$@" 2>&1 | tee -ia "$tee_log"
+        "$@" 2>&1 | (trap '' INT HUP TERM; exec tee -a "$tee_log")
         return "${PIPESTATUS[0]}"
     fi
     "$@"
@@ -444,10 +461,14 @@ run_and_end() {
         say "train.sh: running ${cmd[*]}"
         run_logged "${cmd[@]}" || rc=$?
     fi
-    if [[ $stop_signal == INT ]]; then
+    holder=""
+    ((rc == 0)) || [[ -n $stop_signal ]] || holder=$(lock_holder)
+    if [[ $stop_signal == INT ]] && ((!detached_child)); then
         outcome=ctrl-c
     elif [[ -n $stop_signal ]]; then
         outcome=stopped
+    elif [[ -n $holder ]]; then
+        outcome=refused  # another run took the log dir: its refusal to start is no outcome of training
     elif ((rc)); then
         outcome=failed
     else
@@ -456,6 +477,37 @@ run_and_end() {
     say "train.sh: $(date '+%Y-%m-%d %H:%M:%S') training ended with exit code $rc${stop_signal:+ after SIG$stop_signal}"
     end_pod "$outcome" "$rc"
     return "$rc"
+}
+
+# The preflight, attached. Its screen (stdout) goes to the terminal and the log. Its stderr goes to the log only: when
+# it refuses, torchrun adds a long ChildFailedError banner (or a SignalException after Ctrl-C) to the one line that
+# says why; that line, and train_gpt2.py's other notices, are shown on the terminal. Ctrl-C stops it, nothing starts.
+preflight_pipe() {
+    "${cmd[@]}" --preflight 2>"$1" | (trap '' INT HUP TERM; exec tee -a "$logfile")
+    return "${PIPESTATUS[0]}"
+}
+
+run_preflight() {
+    local err rc=0 said report=""
+    err=$(mktemp)
+    pf_signal=""
+    trap 'pf_signal=${pf_signal:-INT}' INT
+    trap 'pf_signal=${pf_signal:-TERM}' TERM
+    trap 'pf_signal=${pf_signal:-HUP}' HUP
+    preflight_pipe "$err" || rc=$?
+    trap - INT TERM HUP
+    cat "$err" >>"$logfile"
+    said=$(grep -a '^train_gpt2.py: ' "$err" | awk '!seen[$0]++') || true  # each rank says it: once
+    [[ -z $said ]] || printf '%s\n' "$said" >&2
+    if ((rc)) && [[ -z $said && -z $pf_signal ]]; then tail -n 30 "$err" >&2; fi  # a bug, not a refusal: its traceback
+    [[ $log_dir/preflight.json -nt $err ]] && report=" ($log_dir/preflight.json has it too)"  # this preflight's
+    rm -f "$err"
+    if [[ -n $pf_signal ]]; then
+        echo "train.sh: the preflight was stopped by SIG$pf_signal: nothing started (its output is in $logfile)" >&2
+        exit 130
+    fi
+    ((rc == 0)) && return 0
+    die "the preflight failed (exit code $rc): nothing started - fix what it says above$report, or start with --no-preflight"
 }
 
 if ((detached_child)); then
@@ -489,6 +541,11 @@ if [[ -z ${TRAIN_CMD:-} ]] || ((prep)); then
     torch_version=$(tail -n1 <<<"$torch_version")
 fi
 mkdir -p "$log_dir"
+holder=$(lock_holder)
+if [[ -n $holder ]]; then  # before the preflight and the pod plan: this launch changes nothing, the pod included
+    newest_log=$(ls -t "$log_dir"/train-*.log 2>/dev/null | head -n 1) || true
+    die "a training run is already going in $log_dir ($holder) - follow it with: tail -f ${newest_log:-$log_dir/train-*.log}; or start this one with another --log-dir"
+fi
 
 # --- the plan for the pod, and whether runpodctl can carry it out ---
 
@@ -548,20 +605,22 @@ if ((preflight)) && ! have_shards; then
     echo "train.sh: no preflight: the shards are made first (--prep); train_gpt2.py checks them when it starts"
 elif ((preflight)); then
     tee_log=$logfile say "train.sh: preflight: ${cmd[*]} --preflight"
-    rc=0
-    tee_log=$logfile run_logged "${cmd[@]}" --preflight || rc=$?
-    ((rc == 0)) || die "the preflight failed (exit code $rc): nothing started - fix what it says above ($log_dir/preflight.json has it too), or start with --no-preflight"
+    run_preflight
 fi
 if ((foreground)); then
     tee_log=$logfile
     say "train.sh: logging to $logfile"
     run_and_end && exit 0 || exit $?
 fi
-detach=(nohup)
-command -v setsid >/dev/null 2>&1 && detach=(setsid nohup)  # its own session: logging out does not reach it
-"${detach[@]}" "$SCRIPT" --detached-child "${ORIG_ARGS[@]}" </dev/null >>"$logfile" 2>&1 &
+# In its own session, so logging out does not reach it. Not through nohup or a plain `&`, which would start it with
+# SIGHUP, or SIGINT, ignored: a shell cannot trap a signal ignored at its start, and the log should say which signal
+# stopped training (`kill -INT -- -PID` too).
+"$PYTHON" -c 'import os, signal, sys
+for s in (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
+    signal.signal(s, signal.SIG_DFL)
+os.setsid()
+os.execv(sys.argv[1], sys.argv[1:])' "$SCRIPT" --detached-child "${ORIG_ARGS[@]}" </dev/null >>"$logfile" 2>&1 &
 pid=$!
 stop_hint="kill -- -$pid"  # train.sh and torchrun; torchrun passes the signal on to its workers, which save and exit
-[[ ${detach[0]} == setsid ]] || stop_hint="kill $pid, then the python processes"
 echo "train.sh: training runs in the background (pid $pid, stop it with: $stop_hint), logging to $logfile"
 echo "train.sh: follow it with: tail -f $logfile"

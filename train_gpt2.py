@@ -32,18 +32,10 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+import checkpoints
 import fineweb
 import hellaswag
 import preflight
-from checkpoints import (
-    check_free_space,
-    find_resume,
-    init_weights,
-    list_checkpoints,
-    lock_log_dir,
-    release_log_dirs,
-    save_checkpoint,
-)
 from fineweb import UserError, first_line
 from model import GPT, MODEL_SIZES, RECIPES, GPTConfig, ModernGPT, build_model, flops_per_token, generate, peak_flops
 from optim import Muon, Optimizers
@@ -279,9 +271,15 @@ def load_hellaswag_examples(path: str | None, world: int, device: str) -> tuple[
 # run plumbing: devices, processes, logs, signals
 
 def print0(*args, **kwargs) -> None:
-    """print on the process that logs (rank 0)."""
+    """print on the process that logs (rank 0). Output that cannot be written (the terminal of a foreground run went
+    away with a dropped SSH, or the disk under a redirected log is full) never stops training: the stream goes to
+    /dev/null from then on, and the run's own files and the train.sh log (tee) still say what happened."""
     if int(os.environ.get("RANK", "0")) == 0:
-        print(*args, **kwargs, flush=True)
+        stream = kwargs.pop("file", None) or sys.stdout
+        try:
+            print(*args, **kwargs, file=stream, flush=True)
+        except OSError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())  # what is still buffered goes there too
 
 
 
@@ -328,24 +326,42 @@ class RunLog:
     def event(self, event: str, **fields) -> None:
         if not self.active:
             return
-        with open(self.dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps({"event": event, **fields}) + "\n")
-        if event in self.TEXT:
-            with open(self.dir / "log.txt", "a") as f:
-                f.write(self.TEXT[event].format(**fields) + "\n")
+        try:
+            with open(self.dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps({"event": event, **fields}) + "\n")
+            if event in self.TEXT:
+                with open(self.dir / "log.txt", "a") as f:
+                    f.write(self.TEXT[event].format(**fields) + "\n")
+        except OSError as e:
+            if not checkpoints.is_disk_full(e):
+                raise
+            raise UserError(f"disk full: cannot append to the logs in {self.dir}/ - free some space and rerun "
+                            "(--resume auto continues from the last checkpoint saved)") from None
         if self.wandb is not None:
             numbers = {f"{event}/{k}": v for k, v in fields.items() if isinstance(v, (int, float)) and k != "step"}
             if numbers:
                 self.wandb.log(numbers, step=fields.get("step"))
 
 
-STOP = {}  # the signal (SIGTERM / SIGINT) that asked training to stop, set by request_stop
+STOP = {}  # the signal (SIGTERM, SIGINT or SIGHUP) that asked training to stop, set by request_stop
 
 
 def request_stop(signum: int, frame) -> None:
     STOP.setdefault("signal", signum)
     signal.signal(signum, signal.SIG_DFL)  # a second one stops at once, without a checkpoint
-    print(f"train_gpt2.py: {signal.Signals(signum).name} - finishing this step, then saving a checkpoint", flush=True)
+    print0(f"train_gpt2.py: {signal.Signals(signum).name} - finishing this step, then saving a checkpoint")
+
+
+class AlreadyFinished(UserError):
+    """The checkpoint to continue from has trained every step the options ask for."""
+
+
+class Interrupted(Exception):
+    """A stop signal during the preflight, which has nothing to save: it ends at once."""
+
+
+def interrupt(signum: int, frame) -> None:
+    raise Interrupted(signal.Signals(signum).name)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -482,7 +498,8 @@ class Run:
     log: RunLog
     hellaswag_examples: list | None = None
     step: int = 0  # optimizer steps done
-    last_val: float | None = None
+    last_val: float | None = None  # the latest val loss, measured at step last_val_step (this run or before)
+    last_val_step: int | None = None
     dt_avg: float | None = None  # seconds per step, smoothed, for the eta
     lr_join: tuple[int, float] | None = None  # (step, lr) where a longer schedule began: get_lr ramps from there
 
@@ -502,7 +519,7 @@ class Run:
         loss, norm = loss / world, norm / world  # every rank clipped the same all-reduced gradient
         if not math.isfinite(loss):
             self.log.event("end", step=step, status="diverged")
-            good = list_checkpoints(args.log_dir)
+            good = checkpoints.list_checkpoints(args.log_dir)
             raise UserError(f"loss is {loss} at step {step} - training diverged; the last good checkpoint is "
                             f"{good[-1] if good else 'none'}; lower --lr and resume from it")
         dt = time.time() - t0
@@ -524,6 +541,7 @@ class Run:
         if due(args.eval_every) and self.val_steps:
             self.last_val = val_loss(self.compiled, self.val_data, self.val_steps, self.accum, self.rank,
                                      self.world, args.batch_size, self.device, self.autocast)
+            self.last_val_step = step
             print0(f"step {step:5d} | val loss {self.last_val:.4f}")
             self.log.event("val", step=step, loss=self.last_val)
         if due(args.hellaswag_every) and self.hellaswag_examples:
@@ -545,12 +563,13 @@ class Run:
             keep = self.args.keep_checkpoints if path is None else 0
             path = path or Path(self.args.log_dir) / f"model_{step:05d}.pt"
             cuda = self.device.startswith("cuda")
-            save_checkpoint(path, {
+            checkpoints.save_checkpoint(path, {
                 "model": self.raw.state_dict(), "optimizer": self.optimizer.state_dict(), "step": step,
                 "epoch": step // per_epoch, "loader": {"epoch": step // per_epoch, "step": step % per_epoch,
                                                        "steps_per_epoch": per_epoch},
                 "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if cuda else []},
                 "config": vars(self.args), "model_config": asdict(self.raw.config), "val_loss": self.last_val,
+                "val_step": self.last_val_step,
                 "total_steps": self.total_steps, "lr_join": self.lr_join, "final": step == self.last_step}, keep)
             print0(f"saved {path}")
             self.log.event("checkpoint", step=step, path=str(path))
@@ -562,7 +581,7 @@ def start_run(args: argparse.Namespace) -> Run:
     """Processes, data, model, optimizer and logs of a run, continued from a checkpoint when there is one."""
     check_args(args, int(os.environ.get("WORLD_SIZE", "1")))
     if int(os.environ.get("RANK", "0")) == 0:
-        lock_log_dir(args.log_dir)  # before any GPU work: one run per folder, and a folder it can write
+        checkpoints.lock_log_dir(args.log_dir)  # before any GPU work: one run per folder, and a folder it can write
     rank, local_rank, world, device, is_master = setup_distributed(args.device)
     cuda = device.startswith("cuda")
     args.dtype = args.dtype or ("bfloat16" if cuda else "float32")
@@ -570,7 +589,7 @@ def start_run(args: argparse.Namespace) -> Run:
         else nullcontext()  # weights and optimizer state stay fp32; bf16 autocast runs the matmuls
     if cuda:
         torch.set_float32_matmul_precision("high")  # TF32 for whatever runs outside autocast
-    init = init_weights(args) if args.init_from else None  # (config, state dict); sets args.n_* to its shape
+    init = checkpoints.init_weights(args) if args.init_from else None  # (config, weights); args.n_* take its shape
     config = init[0] if init else GPTConfig(block_size=args.seq_len, n_layer=args.n_layer, n_head=args.n_head,
                                             n_embd=args.n_embd, recipe=args.recipe)
     if not Path(args.data).is_dir():
@@ -589,8 +608,13 @@ def start_run(args: argparse.Namespace) -> Run:
         print0(f"train_gpt2.py: notice: no val shard in {args.data}/ with a full batch - val loss off")
     total_steps = max(1, round(args.epochs * train_data.steps_per_epoch))  # the lr schedule spans all --epochs
 
+    last_step = min(total_steps, args.max_steps) if args.max_steps else total_steps
+
     torch.manual_seed(args.seed)
-    ckpt_path, ckpt, skipped = find_resume(args, config)
+    ckpt_path, ckpt, skipped = checkpoints.find_resume(args, config)
+    if ckpt is not None and ckpt["step"] >= last_step:  # before any GPU work: nothing is left to train
+        raise AlreadyFinished(f"{ckpt_path} already trained step {ckpt['step']} of {last_step} - pass a larger "
+                              "--epochs (or --max-steps) to train on, or another --log-dir to start a new run")
     raw = build_model(config)
     if init and ckpt is None:
         raw.load_state_dict(init[1])
@@ -598,19 +622,22 @@ def start_run(args: argparse.Namespace) -> Run:
     optimizer = make_optimizer(raw, args, device)
     if ckpt is not None:
         raw.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        settings = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]  # the options'
+        optimizer.load_state_dict(ckpt["optimizer"])  # the moments, and the settings they were saved with...
+        for group, options in zip(optimizer.param_groups, settings):
+            group.update(options)  # ...which the options override: --weight-decay, --embed-lr, --head-lr, ...
         torch.set_rng_state(ckpt["rng"]["torch"])
         if cuda and len(ckpt["rng"]["cuda"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
     if is_master:
-        check_free_space(args.log_dir, raw)
+        checkpoints.check_free_space(args.log_dir, raw)
     use_compile = args.compile if args.compile is not None else cuda
     compiled = torch.compile(raw) if use_compile else raw  # train and val at one shape; samples/HellaSwag use raw
     model = nn.parallel.DistributedDataParallel(compiled, device_ids=[local_rank] if cuda else None) \
         if world > 1 else compiled
     run = Run(args, rank, world, device, autocast, train_data, val_data, val_steps,
               accum=args.total_batch_size // (args.batch_size * args.seq_len * world), total_steps=total_steps,
-              last_step=min(total_steps, args.max_steps) if args.max_steps else total_steps, raw=raw,
+              last_step=last_step, raw=raw,
               compiled=compiled, model=model, optimizer=optimizer,
               log=RunLog(args.log_dir, is_master and not args.preflight, args.wandb, vars(args)))
     print0(f"train_gpt2.py config: {json.dumps(vars(args))}")
@@ -634,14 +661,27 @@ def start_run(args: argparse.Namespace) -> Run:
     return run
 
 
+# options that change nothing of what trains, so a resume with other values needs no notice
+SESSION_OPTIONS = ("resume", "log_dir", "device", "compile", "wandb", "preflight", "preflight_steps", "gpu_hour_price",
+                   "hellaswag_data", "keep_checkpoints")
+
+
 def resume_notices(run: Run, path: Path, ckpt: dict, skipped: list[str]) -> None:
-    """Take a resumed checkpoint's step, val loss and lr ramp into the run, and say what happened."""
-    run.step, run.last_val = ckpt["step"], ckpt.get("val_loss")
+    """Take a resumed checkpoint's step, val loss and lr ramp into the run, and say what happened: which options
+    differ from the checkpoint's (they apply from this step on)."""
+    run.step, run.last_val, run.last_val_step = ckpt["step"], ckpt.get("val_loss"), ckpt.get("val_step")
     for why in skipped:  # newer checkpoints that are damaged
         if run.rank == 0:
             print(f"train_gpt2.py: warning: {why} - resuming from {path} instead", file=sys.stderr, flush=True)
         run.log.event("resume_fallback", step=run.step, path=str(path), skipped=why)
     print0(f"resuming from {path} at step {run.step}")
+    old = ckpt["config"]
+    changed = {k: (old[k], v) for k, v in vars(run.args).items()
+               if k in old and old[k] != v and k not in SESSION_OPTIONS}
+    if changed:
+        print0("train_gpt2.py: notice: options changed since that checkpoint, used from this step on: " +
+               ", ".join(f"--{k.replace('_', '-')} {a} -> {b}" for k, (a, b) in changed.items()))
+        run.log.event("options_changed", step=run.step, changed=changed)
     run.lr_join = schedule_join(ckpt, run.total_steps, run.train_data.steps_per_epoch, run.args)
     if run.lr_join and run.lr_join[0] == run.step:
         to = get_lr(run.step + run.args.warmup_steps - 1, run.total_steps, run.args)
@@ -652,10 +692,10 @@ def resume_notices(run: Run, path: Path, ckpt: dict, skipped: list[str]) -> None
 
 def train(args: argparse.Namespace) -> int:
     """Train until the schedule, --max-steps or a stop signal ends it. Returns the exit code."""
-    run = start_run(args)
-    if run.step >= run.last_step:
-        print0(f"train_gpt2.py: the checkpoint already finished step {run.step} of {run.last_step} - pass a "
-               "larger --epochs to train on, or --resume none to start over")
+    try:
+        run = start_run(args)
+    except AlreadyFinished as e:
+        print0(f"train_gpt2.py: {e}")
         return 0
     start_time = time.time()
     run.raw.train()
@@ -671,16 +711,16 @@ def train(args: argparse.Namespace) -> int:
                 run.save()
             if stop and run.step < run.last_step:
                 print0(f"train_gpt2.py: stopped at step {run.step}; --resume auto continues from the checkpoint")
-                run.log.event("end", step=run.step, status="interrupted")
-                return 128 + STOP.get("signal", signal.SIGTERM)
+                run.log.event("end", step=run.step, status="interrupted", signal=signal.Signals(STOP["signal"]).name)
+                return 128 + STOP["signal"]
     except torch.cuda.OutOfMemoryError:
         raise UserError(f"CUDA out of memory at --batch-size {args.batch_size} - lower --batch-size (gradient "
                         f"accumulation keeps the total batch at {args.total_batch_size} tokens)") from None
     finally:
         run.log.close()
-        release_log_dirs()
-    print0(f"finished {run.step} steps in {timedelta(seconds=int(time.time() - start_time))}; final val loss "
-           f"{run.last_val if run.last_val is None else round(run.last_val, 4)}")
+        checkpoints.release_log_dirs()
+    val = "no val loss measured" if run.last_val is None else f"val loss {run.last_val:.4f} at step {run.last_val_step}"
+    print0(f"finished {run.step} steps in {timedelta(seconds=int(time.time() - start_time))}; {val}")
     run.log.event("end", step=run.step, status="finished")
     return 0
 
@@ -688,13 +728,16 @@ def train(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> None:
     args = get_args(argv)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # HUP: the terminal of a foreground run went away
-        signal.signal(sig, request_stop)
+        signal.signal(sig, interrupt if args.preflight else request_stop)  # a preflight has nothing to save
     try:
         code = preflight.preflight(args, start_run) if args.preflight else train(args)
     except UserError as e:
         fineweb.fail("train_gpt2.py", e)
+    except Interrupted as e:
+        print0(f"train_gpt2.py: preflight stopped by {e} - nothing was started", file=sys.stderr)
+        code = 128 + signal.Signals[str(e)]
     finally:
-        release_log_dirs()
+        checkpoints.release_log_dirs()
     if dist.is_initialized():
         dist.destroy_process_group()
     sys.exit(code)

@@ -135,7 +135,7 @@ def test_infer_samples_from_a_build_nanogpt_log_and_from_the_forks_checkpoints_f
     log_file = build_nanogpt_file(tmp_path, model, as_module=False)
     build_nanogpt_file(tmp_path, tiny_model(1), as_module=False, name="model_00_09000.pt", folder="checkpoints")
     newest = build_nanogpt_file(tmp_path, model, as_module=False, name="model_01_00500.pt", folder="checkpoints")
-    assert infer.resolve_checkpoint(str(tmp_path / "checkpoints")) == str(newest)  # epoch 1 beats epoch 0
+    assert checkpoints.model_files(str(tmp_path / "checkpoints"))[0] == str(newest)  # epoch 1 beats epoch 0
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9"}
     for spec in (log_file, tmp_path / "checkpoints"):
         r = subprocess.run([sys.executable, str(ROOT / "infer.py"), str(spec), "Hello", "--num-samples", "1",

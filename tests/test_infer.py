@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import checkpoints
 import infer
 from checkpoints import load_model
 from fineweb import get_tokenizer
@@ -125,7 +126,7 @@ def test_cli_streams_one_sample_from_the_newest_checkpoint_of_a_demo_run_and_rep
 def test_a_log_dir_resolves_to_its_highest_step(tmp_path):
     for name in ["model_99999.pt", "model_100000.pt", "model_00500.pt"]:  # written last is not newest
         (tmp_path / name).write_bytes(b"")
-    assert Path(infer.resolve_checkpoint(str(tmp_path))).name == "model_100000.pt"
+    assert Path(checkpoints.model_files(str(tmp_path))[0]).name == "model_100000.pt"
 
 
 def test_several_samples_print_as_numbered_blocks_with_the_prompt(capsys, log_dir):

@@ -663,3 +663,129 @@ def test_foreground_demo_run_end_to_end(tmp_path, demo_shards):
     log = train_log(log_dir)
     assert "training ended with exit code 0" in log and log.index("preflight passed") < log.index("train.sh: running")
     assert json.loads((log_dir / "preflight.json").read_text())["passed"]
+
+
+# --- seams: the log-dir lock, stop signals and the preflight, each against the pod decision ---
+
+def hold_log_dir(log_dir: Path) -> subprocess.Popen:
+    """Another training run's hold on log_dir: a process that takes train_gpt2.py's log-dir lock and keeps it."""
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, checkpoints; checkpoints.lock_log_dir(sys.argv[1]); "
+                               "print('locked', flush=True); sys.stdin.read()", str(log_dir)],
+                              cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def test_a_second_launch_on_a_log_dir_with_a_live_run_changes_nothing_and_leaves_the_pod(rig):
+    holder = hold_log_dir(rig.log)
+    try:
+        r = train_sh(rig, "--log-dir", str(rig.log), "--", "--data", str(rig.data), **ON_VOLUME)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    line = one_line_error(r)
+    assert "already going" in line and f"pid {holder.pid}" in line and "tail -f" in line
+    assert not (rig.calls / "preflight.args").exists() and not (rig.calls / "trainer.args").exists()
+    assert runpodctl_calls(rig) == [] and pod_status(rig) == "RUNNING"
+
+
+LATE_LOCKER = r"""#!/usr/bin/env bash
+# stand-in trainer: another run takes the log dir just before this one starts (it keeps the lock), so this one fails
+(cd "$ROOT" && exec python -c 'import sys, time, checkpoints
+checkpoints.lock_log_dir(sys.argv[1]); print("locked", flush=True); time.sleep(60)' "$LOG") > "$CALLS/holder.out" 2>&1 </dev/null &
+echo $! > "$CALLS/holder.pid"
+for _ in $(seq 400); do grep -q locked "$CALLS/holder.out" 2>/dev/null && break; sleep 0.05; done
+echo "train_gpt2.py: $LOG/ is in use by another training run" >&2
+exit 1
+"""
+
+
+def test_a_run_refused_because_another_took_the_log_dir_leaves_the_pod_running(rig):
+    locker = write_exe(rig.bin / "late-locker", LATE_LOCKER)
+    try:
+        r = foreground(rig, "--no-preflight", TRAIN_CMD=str(locker), ROOT=str(ROOT), LOG=str(rig.log), **ON_VOLUME)
+        holder = int((rig.calls / "holder.pid").read_text())
+    finally:
+        pid = rig.calls / "holder.pid"
+        if pid.exists():
+            os.kill(int(pid.read_text()), signal.SIGKILL)
+    assert r.returncode == 1
+    log = train_log(rig.log)
+    assert f"another run (pid {holder} on" in log and "left running for it" in log
+    assert runpodctl_calls(rig) == [f"pod get {POD}"] and pod_status(rig) == "RUNNING"
+
+
+def start_foreground_demo(rig: SimpleNamespace, demo_shards: Path, *args: str, train: tuple[str, ...] = (),
+                          **env: str) -> subprocess.Popen:
+    """train.sh --foreground of the demo under the real torchrun, in its own process group (as a terminal runs it)."""
+    cmd = [str(TRAIN_SH), "--foreground", "--nproc", "1", "--log-dir", str(rig.log), *args, "--", "--preset", "demo",
+           "--data", str(demo_shards), "--hellaswag-every", "0", "--sample-every", "0", "--eval-every", "0", *train]
+    return subprocess.Popen(cmd, cwd=rig.root, env=rig_env(rig, trainer=False, **env), start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGTERM])
+def test_a_hangup_or_kill_of_a_foreground_runs_group_still_saves_and_logs_it(rig, demo_shards, sig):
+    """A dropped SSH (SIGHUP) or `kill -- -PID` (SIGTERM) reaches train.sh, torchrun and tee: tee must live on so that
+    training's output has somewhere to go while it saves."""
+    proc = start_foreground_demo(rig, demo_shards, "--no-preflight", **ON_VOLUME)
+    try:
+        wait_until(lambda: list(rig.log.glob("train-*.log")) and " | loss " in train_log(rig.log), rig.log, 120)
+        os.killpg(proc.pid, sig)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    log, name = train_log(rig.log), sig.name
+    assert f"{name} - finishing this step, then saving a checkpoint" in log and "BrokenPipeError" not in log + out
+    saved = list(rig.log.glob("model_*.pt"))
+    assert saved and f"saved {saved[0]}" in log
+    end = [json.loads(line) for line in (rig.log / "metrics.jsonl").read_text().splitlines()][-1]
+    assert end["event"] == "end" and end["status"] == "interrupted" and end["signal"] == name
+    assert f"after {name}" in log and f"training was stopped with {name}" in log and pod_status(rig) == "removed"
+
+
+def test_ctrl_c_in_train_shs_preflight_stops_it_in_one_line_and_starts_nothing(rig, demo_shards):
+    proc = start_foreground_demo(rig, demo_shards, train=("--preflight-steps", "100000"), **ON_VOLUME)
+    try:
+        wait_until(lambda: list(rig.log.glob("train-*.log")) and "config:" in train_log(rig.log), rig.log, 120)
+        time.sleep(1)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, out[-3000:]
+    assert "train.sh: the preflight was stopped by SIGINT: nothing started" in out
+    assert "train_gpt2.py: preflight stopped by SIGINT - nothing was started" in out
+    assert not any(word in out for word in ("Traceback", "SignalException", "ChildFailedError", "preflight failed"))
+    assert not list(rig.log.glob("model_*.pt")) and not (rig.log / "preflight.json").exists()
+    assert runpodctl_calls(rig) == [f"pod get {POD}"] and pod_status(rig) == "RUNNING"
+
+
+def test_a_preflight_refusal_under_torchrun_is_its_one_line_without_torchruns_banner(rig, tiny_shards):
+    tiny = ["--data", str(tiny_shards), "--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--seq-len", "32",
+            "--batch-size", "4", "--total-batch-size", "256", "--eval-every", "0", "--hellaswag-every", "0",
+            "--sample-every", "0", "--max-steps", "2"]
+    finished = subprocess.run([sys.executable, str(ROOT / "train_gpt2.py"), *tiny, "--log-dir", str(rig.log)],
+                              capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    (rig.log / "preflight.json").write_text('{"passed": true}\n')  # an earlier run's
+    time.sleep(0.01)
+    r = train_sh(rig, "--nproc", "1", "--log-dir", str(rig.log), "--", *tiny, trainer=False, **ON_VOLUME)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 2, r.stderr
+    assert lines[0].startswith("train_gpt2.py: ") and "already trained step 2 of 2" in lines[0]
+    assert lines[1].startswith("train.sh: the preflight failed") and "preflight.json" not in lines[1]
+    assert "ChildFailedError" not in r.stdout + r.stderr and "ChildFailedError" in train_log(rig.log)
+    assert runpodctl_calls(rig) == [f"pod get {POD}"] and pod_status(rig) == "RUNNING"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP])
+def test_a_detached_run_stopped_by_int_or_hup_logs_the_signal(rig, sig):
+    r, log_path = start_detached(rig, rig.root / "never", **ON_POD)
+    pid = int(r.stdout.split("stop it with: kill -- -")[1].split(")")[0])
+    os.killpg(pid, sig)
+    wait_until(lambda: pod_status(rig) == "EXITED", log_path)
+    log = log_path.read_text()
+    assert f"after {sig.name}" in log and f"training was stopped with {sig.name}" in log
