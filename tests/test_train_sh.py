@@ -692,7 +692,8 @@ def test_a_second_launch_on_a_log_dir_with_a_live_run_changes_nothing_and_leaves
 LATE_LOCKER = r"""#!/usr/bin/env bash
 # stand-in trainer: another run takes the log dir just before this one starts (it keeps the lock), so this one fails
 (cd "$ROOT" && exec python -c 'import sys, time, checkpoints
-checkpoints.lock_log_dir(sys.argv[1]); print("locked", flush=True); time.sleep(60)' "$LOG") > "$CALLS/holder.out" 2>&1 </dev/null &
+checkpoints.lock_log_dir(sys.argv[1]); print("locked", flush=True)
+time.sleep(60)' "$LOG") > "$CALLS/holder.out" 2>&1 </dev/null &
 echo $! > "$CALLS/holder.pid"
 for _ in $(seq 400); do grep -q locked "$CALLS/holder.out" 2>/dev/null && break; sleep 0.05; done
 echo "train_gpt2.py: $LOG/ is in use by another training run" >&2
