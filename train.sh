@@ -229,13 +229,13 @@ locate_log_dir() {
 
 # Who holds LOG_DIR/.lock, the lock of a live train_gpt2.py run there ("pid N on HOST"); nothing when it is free.
 lock_holder() {
-    "$PYTHON" - "$log_dir/.lock" 2>/dev/null <<'EOF' || true
+    "$PYTHON" - "$log_dir/.lock" 2>/dev/null <<'EOF' | sed -n 's/^held by: //p' | head -n 1 || true
 import fcntl, os, sys
 try:
     fd = os.open(sys.argv[1], os.O_RDONLY)
     fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
 except BlockingIOError:
-    print(os.read(fd, 200).decode(errors="replace").strip() or "a run starting up")
+    print("held by:", os.read(fd, 200).decode(errors="replace").strip() or "a run starting up")
 except OSError:
     pass
 EOF

@@ -282,7 +282,6 @@ def print0(*args, **kwargs) -> None:
             os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())  # what is still buffered goes there too
 
 
-
 def setup_distributed(device: str) -> tuple[int, int, int, str, bool]:
     """(rank, local rank, world size, device, is_master). Under torchrun: NCCL on CUDA, Gloo elsewhere; the
     device comes from LOCAL_RANK (the process on this node), the data slice from RANK of WORLD_SIZE."""
@@ -295,7 +294,6 @@ def setup_distributed(device: str) -> tuple[int, int, int, str, bool]:
         torch.cuda.set_device(device)
     dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
     return rank, local_rank, world, device, rank == 0
-
 
 
 class RunLog:
@@ -711,7 +709,8 @@ def train(args: argparse.Namespace) -> int:
                 run.save()
             if stop and run.step < run.last_step:
                 print0(f"train_gpt2.py: stopped at step {run.step}; --resume auto continues from the checkpoint")
-                run.log.event("end", step=run.step, status="interrupted", signal=signal.Signals(STOP["signal"]).name)
+                run.log.event("stop", step=run.step, signal=signal.Signals(STOP["signal"]).name)
+                run.log.event("end", step=run.step, status="interrupted")
                 return 128 + STOP["signal"]
     except torch.cuda.OutOfMemoryError:
         raise UserError(f"CUDA out of memory at --batch-size {args.batch_size} - lower --batch-size (gradient "

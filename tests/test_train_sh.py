@@ -741,8 +741,9 @@ def test_a_hangup_or_kill_of_a_foreground_runs_group_still_saves_and_logs_it(rig
     assert f"{name} - finishing this step, then saving a checkpoint" in log and "BrokenPipeError" not in log + out
     saved = list(rig.log.glob("model_*.pt"))
     assert saved and f"saved {saved[0]}" in log
-    end = [json.loads(line) for line in (rig.log / "metrics.jsonl").read_text().splitlines()][-1]
-    assert end["event"] == "end" and end["status"] == "interrupted" and end["signal"] == name
+    stop, end = [json.loads(line) for line in (rig.log / "metrics.jsonl").read_text().splitlines()][-2:]
+    assert stop["event"] == "stop" and stop["signal"] == name
+    assert end["event"] == "end" and end["status"] == "interrupted"
     assert f"after {name}" in log and f"training was stopped with {name}" in log and pod_status(rig) == "removed"
 
 
