@@ -539,6 +539,9 @@ if [[ -z ${TRAIN_CMD:-} ]] || ((prep)); then
         die "$PYTHON cannot import torch, numpy and tiktoken ($(tail -n1 <<<"$torch_version")) - activate the venv (. .venv/bin/activate) or pip install -r requirements.txt"
     fi
     torch_version=$(tail -n1 <<<"$torch_version")
+    if [[ $torch_version =~ ^([0-9]+)\.([0-9]+) ]] && ((BASH_REMATCH[1] < 2 || (BASH_REMATCH[1] == 2 && BASH_REMATCH[2] < 4))); then
+        die "$PYTHON has torch $torch_version; this kit needs torch 2.4 or newer - use a RunPod image with torch 2.4+ (see the README's setup), or pip install 'torch>=2.4'"
+    fi
 fi
 mkdir -p "$log_dir"
 holder=$(lock_holder)

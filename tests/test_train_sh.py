@@ -634,6 +634,19 @@ def test_python_without_torch_is_one_line_about_the_venv(rig):
     assert "venv" in one_line_error(r)
 
 
+@pytest.mark.parametrize("torch_version", ["2.3.1+cu121", "1.13.1"])
+def test_a_torch_older_than_the_floor_is_refused_in_one_line(rig, torch_version):
+    python = write_exe(rig.bin / "old-torch-python", f"""#!/usr/bin/env bash
+[[ $1 == -c && $2 == *torch.__version__* ]] && {{ echo "{torch_version}"; exit 0; }}
+exec {sys.executable} "$@"
+""")
+    r = train_sh(rig, "--foreground", "--log-dir", str(rig.log), "--", "--data", str(rig.data), trainer=False,
+                 PYTHON=str(python))
+    line = one_line_error(r)
+    assert f"torch {torch_version}" in line and "2.4 or newer" in line
+    assert not (rig.calls / "trainer.args").exists()
+
+
 def test_missing_hellaswag_data_is_a_notice_and_training_goes_on(rig):
     r = foreground(rig)
     assert r.returncode == 0
