@@ -8,6 +8,7 @@ Operations, not the training story: train_gpt2.py calls into this file, and a le
 
 import argparse
 import atexit
+import contextlib
 import errno
 import fcntl
 import os
@@ -43,7 +44,27 @@ class PeerConfig:
     model.GPTConfig): a weights-only load may create it and set its fields, and no code of theirs runs."""
 
 
-PEER_GLOBALS = [(PeerConfig, "__main__.GPTConfig"), (PeerConfig, "model.GPTConfig")]
+def stand_in(name: str) -> type:
+    """A PeerConfig that the weights-only unpickler allows under the pickled name "module.Class": torch 2.4 and 2.5
+    look an allowed class up by its __module__ and __name__, torch 2.6 and newer by __module__ and __qualname__."""
+    module, _, cls = name.rpartition(".")
+    return type(cls, (PeerConfig,), {"__module__": module, "__qualname__": cls, "__doc__": PeerConfig.__doc__})
+
+
+PEER_GLOBALS = [stand_in("__main__.GPTConfig"), stand_in("model.GPTConfig")]
+
+
+@contextlib.contextmanager
+def peer_globals() -> Iterator[None]:
+    """PEER_GLOBALS allowed for the loads inside, on every torch from 2.4 (whose add_safe_globals is process-wide:
+    torch.serialization.safe_globals came in 2.5), and the allowed list as it was afterwards."""
+    before = list(torch.serialization.get_safe_globals())  # a copy: torch 2.4 hands out its own list
+    torch.serialization.add_safe_globals(PEER_GLOBALS)
+    try:
+        yield
+    finally:
+        torch.serialization.clear_safe_globals()
+        torch.serialization.add_safe_globals(before)
 
 
 def printable(text: str) -> str:
@@ -76,16 +97,21 @@ def tensor_checksum(state: dict) -> int:
 
 def load_file(path: str | Path, mmap: bool = False) -> object:
     """torch.load with weights_only=True, so nothing in the file can run code; PeerConfig is allowed under the names
-    other scripts pickle their GPTConfig as. UserError naming the global it refused; CheckpointDamaged otherwise."""
+    other scripts pickle their GPTConfig as. UserError naming the global it refused, or when this torch cannot do the
+    load (a version gap is never taken for damage: resume and rotation leave such files alone); CheckpointDamaged
+    otherwise."""
     try:
-        with torch.serialization.safe_globals(PEER_GLOBALS):
+        with peer_globals():
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:
-        refused = re.search(r"GLOBAL (\S+) was not an allowed global", str(e))
+        refused = re.search(r"GLOBAL (\S+) (was not an allowed global|whose module \S+ is blocked)", str(e))
         if refused:
             raise UserError(f"could not load {path}: it pickles {printable(refused.group(1))}, which a safe "
                             "(weights-only) load refuses - save its state_dict, or a Hugging Face folder, instead") \
                 from None
+        if isinstance(e, AttributeError | TypeError | ImportError | NotImplementedError):  # not the file: this torch
+            raise UserError(f"could not load {path} with torch {torch.__version__} ({type(e).__name__}: "
+                            f"{printable(first_line(e))[:200]}) - this kit needs torch 2.4 or newer") from None
         raise CheckpointDamaged(f"could not load {path}: truncated or not a checkpoint ({type(e).__name__}: "
                                 f"{printable(first_line(e))[:200]})") from None
 
