@@ -1,6 +1,6 @@
 """
 Cost of the checkpoint checksum: save and load time of a training checkpoint (weights and AdamW state) of a --model
-size, with and without train_gpt2.py's CRC32 of the tensors, on the CPU (a random model; the disk is --dir's).
+size, with and without checkpoints.py's CRC32 of the tensors, on the CPU (a random model; the disk is --dir's).
 
     python bench/bench_checkpoint.py                    # d12 (124M): a checkpoint of about 1.5 GB in a temp folder
     python bench/bench_checkpoint.py --model d24 --dir /workspace/tmp

@@ -1,5 +1,5 @@
 """
-Sampling speed of infer.py: new tokens/s with train_gpt2.py's KV cache against full recompute of the window for every
+Sampling speed of infer.py: new tokens/s with model.py's KV cache against full recompute of the window for every
 new token (what the common sampling scripts do), on a randomly initialised model of a --model size.
 
     python bench/bench_infer.py                                   # d12 (124M), cpu/auto, 4 samples x 128 new tokens
