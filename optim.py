@@ -5,6 +5,13 @@ with AdamW for the rest (Optimizers). train_gpt2.py's make_optimizer builds them
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn  # noqa: F401 (see below)
+
+# torch.distributed.nn is imported here, before any process group exists, on purpose. Its functions take
+# `group=group.WORLD` defaults, evaluated when it is first imported; the first optimizer built imports it (through
+# torch._dynamo), and imported after init_process_group those defaults would keep the live group, so that
+# destroy_process_group() could not end it. Its Gloo worker threads, one of them still holding the parameters of
+# Muon's last broadcast, would then live on into interpreter shutdown and abort the process when they let go of them.
 
 
 def orthogonalise(g: torch.Tensor, steps: int = 5) -> torch.Tensor:

@@ -270,6 +270,22 @@ def load_hellaswag_examples(path: str | None, world: int, device: str) -> tuple[
 # ----------------------------------------------------------------------------------------------------------------------
 # run plumbing: devices, processes, logs, signals
 
+def leave_process_group(code: int, ok: bool) -> None:
+    """End this process's part in the process group (ok: the run ended as planned on every rank; else this rank
+    failed alone, and its peers may be waiting in a collective: torchrun ends them). torch before 2.8 can hang or
+    abort while it tears down a Gloo group (a worker thread letting go of a tensor waits for the GIL, which the main
+    thread holds while it joins them; fixed in torch 2.8): there a Gloo process leaves through os._exit(code), after
+    a barrier when ok, with its output flushed (the log-dir lock is already released)."""
+    if dist.get_backend() == "gloo" and tuple(map(int, torch.__version__.split(".")[:2])) < (2, 8):
+        if ok:
+            dist.barrier()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    if ok:
+        dist.destroy_process_group()
+
+
 def print0(*args, **kwargs) -> None:
     """print on the process that logs (rank 0). Output that cannot be written (the terminal of a foreground run went
     away with a dropped SSH, or the disk under a redirected log is full) never stops training: the stream goes to
@@ -728,17 +744,20 @@ def main(argv: list[str] | None = None) -> None:
     args = get_args(argv)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # HUP: the terminal of a foreground run went away
         signal.signal(sig, interrupt if args.preflight else request_stop)  # a preflight has nothing to save
+    ok = False
     try:
         code = preflight.preflight(args, start_run) if args.preflight else train(args)
+        ok = True
     except UserError as e:
-        fineweb.fail("train_gpt2.py", e)
+        print(f"train_gpt2.py: {e}", file=sys.stderr)  # one line, as fineweb.fail says it
+        code = 1
     except Interrupted as e:
         print0(f"train_gpt2.py: preflight stopped by {e} - nothing was started", file=sys.stderr)
         code = 128 + signal.Signals[str(e)]
     finally:
         checkpoints.release_log_dirs()
     if dist.is_initialized():
-        dist.destroy_process_group()
+        leave_process_group(code, ok)
     sys.exit(code)
 
 
