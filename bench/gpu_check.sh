@@ -1,12 +1,23 @@
 #!/usr/bin/env bash
-# The GPU check: on one H100 in under ten minutes, with no network and no `datasets`, the figures the README's
-# results section needs. Makes real-size synthetic shards (100M-token shards of random GPT-2 ids) and HellaSwag-shaped
-# examples in a temporary folder, runs train_gpt2.py --preflight for d12 at 64 x 1024 with torch.compile, then
-# bench/bench_train.py with compile on and off, and prints one table.
+# The GPU check: every CUDA path of both recipes once, in about eight minutes on one H100 or H200, with no network
+# and no `datasets`, and the figures the README's results need in one table. On synthetic data made in a temporary
+# folder (100M-token shards of random GPT-2 ids, HellaSwag-shaped examples):
+#   train_gpt2.py --preflight, d12 at 64 x 1024, compiled, bf16, --recipe classic and modern (every check)
+#   bench_train.py        tok/s, MFU, peak memory, compile on and off, both recipes
+#   bench_loss.py         the chunked cross-entropy against plain F.cross_entropy: memory and time, eager and compiled
+#   bench_infer.py        sampling with the KV cache in bf16, 4 x 256 new tokens
+#   bench_hellaswag.py    scoring speed, 10,042 examples
+#   bench_checkpoint.py   save and load of a d12 checkpoint with its AdamW state, from and to the GPU
+#   bench_resume.py       N steps in one run against N/2 + N/2 with a resume in between
+# Each part has its own time limit and log; a part that fails or times out is shown as such and the rest go on.
 #
 #   bench/gpu_check.sh                 # on the GPU (run it from the repo's venv)
 #   bench/gpu_check.sh --cpu-smoke     # tiny shapes on the CPU, no compile: checks this script (the tests run it)
-set -euo pipefail
+#
+# Environment: PYTHON (default python), GPU_CHECK_LOGS (where the logs and the table go; default a temp folder),
+# GPU_CHECK_PARTS (only these parts, e.g. "bench_loss bench_resume": to redo what a first try did not finish).
+# bench/gpu_report.py makes the table again from a copy of the logs.
+set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PYTHON=${PYTHON:-python}
@@ -18,66 +29,67 @@ case ${1:-} in
 esac
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+logs=${GPU_CHECK_LOGS:-$work/logs}
+mkdir -p "$logs"
 
 if ((smoke)); then
     shard_tokens=20000 train_shards=1 examples=8
     model=(--n-layer 2 --n-head 2 --n-embd 32 --seq-len 64 --batch-size 4 --total-batch-size 512 --device cpu
            --no-compile --preflight-steps 2 --val-steps 1)
-    bench=(--model-dims 2,2,32 --batch-size 4 --seq-len 64 --steps 2 --warmup 1 --device cpu)
-    modes=(--no-compile)
+    small=(--model-dims 2,2,32 --batch-size 2 --seq-len 32 --device cpu)
+    train_bench=("${small[@]}" --steps 2 --warmup 1)
+    loss_bench=("${small[@]}" --steps 1 --warmup 1)
+    infer_bench=(--max-new-tokens 2 --num-samples 2 --device cpu)
+    hellaswag_bench=(--examples 8 --baseline-examples 4 --device cpu)
+    resume=(--steps 2 -- --n-layer 2 --n-head 2 --n-embd 32 --seq-len 64 --batch-size 4 --total-batch-size 256
+            --device cpu)
+    checkpoint_bench=(--model-dims 2,2,32 --repeat 1)
+    limit=300
 else
-    shard_tokens=100000000 train_shards=2 examples=256
-    model=(--model d12 --batch-size 64 --seq-len 1024 --total-batch-size 524288 --device cuda --compile)
-    bench=(--model d12 --batch-size 64 --seq-len 1024 --device cuda)
-    modes=(--compile --no-compile)
+    shard_tokens=100000000 train_shards=1 examples=256
+    model=(--model d12 --batch-size 64 --seq-len 1024 --total-batch-size 524288 --device cuda --compile
+           --preflight-steps 4 --val-steps 5)
+    train_bench=(--model d12 --batch-size 64 --seq-len 1024 --device cuda --steps 10)
+    loss_bench=(--model d12 --batch-size 64 --seq-len 1024 --device cuda)
+    infer_bench=(--model d12 --max-new-tokens 256 --num-samples 4 --device cuda)
+    hellaswag_bench=(--model d12 --device cuda)
+    resume=(--steps 8 -- --model d12 --batch-size 16 --seq-len 1024 --total-batch-size 16384 --device cuda
+            --no-compile)
+    checkpoint_bench=(--device cuda --repeat 2)
+    limit=150
 fi
 
-echo "gpu_check: synthetic shards and HellaSwag examples in $work"
-"$PYTHON" - "$work" "$shard_tokens" "$train_shards" "$examples" <<'PY'
-import json, sys
-from pathlib import Path
-import numpy as np
-sys.path.insert(0, ".")
-sys.path.insert(0, "bench")
-import fineweb
-from bench_hellaswag import synthetic_examples
-work, n, shards, examples = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-(work / "shards").mkdir()
-rng = np.random.default_rng(0)
-for i in range(shards + 1):
-    fineweb.write_shard(work / "shards" / fineweb.shard_name(i), rng.integers(0, 50257, n, dtype=np.uint16))
-(work / "hellaswag.jsonl").write_text("".join(json.dumps(ex) + "\n" for ex in synthetic_examples(examples)))
-PY
+# part NAME SECONDS COMMAND...: run it under a time limit, its output to the terminal and NAME.txt, its status to NAME.rc
+part() {
+    local name=$1 seconds=$2
+    shift 2
+    [[ -z ${GPU_CHECK_PARTS:-} || " $GPU_CHECK_PARTS " == *" $name "* ]] || return 0
+    echo "gpu_check: $name: $*"
+    timeout -k 10 "$seconds" "$@" 2>&1 | tee "$logs/$name.txt"
+    echo "${PIPESTATUS[0]}" >"$logs/$name.rc"
+}
 
 cd "$ROOT"
-echo "gpu_check: train_gpt2.py --preflight ${model[*]}"
-"$PYTHON" train_gpt2.py --preflight "${model[@]}" --data "$work/shards" --log-dir "$work/log" --resume none \
-    --hellaswag-data "$work/hellaswag.jsonl" --hellaswag-every 250 --sample-every 250 --eval-every 250
-for mode in "${modes[@]}"; do
-    echo "gpu_check: bench/bench_train.py ${bench[*]} $mode"
-    "$PYTHON" bench/bench_train.py "${bench[@]}" "$mode" | tee -a "$work/bench.txt"
-done
+"$PYTHON" -c "import torch; print(torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu',
+              'torch', torch.__version__, 'CUDA', torch.version.cuda)" | tee "$logs/machine.txt"
+echo "gpu_check: synthetic shards and HellaSwag examples in $work"
+"$PYTHON" bench/gpu_report.py data "$work" "$shard_tokens" "$train_shards" "$examples" || exit 1
+# recipe_parts RECIPE: its preflight (every check, at the real shapes) and its training speed
+recipe_parts() {
+    part "preflight_$1" $((limit + 30)) "$PYTHON" train_gpt2.py --preflight --recipe "$1" "${model[@]}" \
+        --data "$work/shards" --log-dir "$work/log-$1" --resume none --hellaswag-data "$work/hellaswag.jsonl" \
+        --hellaswag-every 250 --sample-every 250 --eval-every 250
+    cp "$work/log-$1/preflight.json" "$logs/preflight_$1.json" 2>/dev/null
+    part "bench_train_$1" "$limit" "$PYTHON" bench/bench_train.py --recipe "$1" "${train_bench[@]}"
+}
 
-"$PYTHON" - "$work" <<'PY'
-import json, re, sys
-from pathlib import Path
-import torch
-work = Path(sys.argv[1])
-pf = json.loads((work / "log" / "preflight.json").read_text())
-f = pf["figures"]
-num = lambda v, fmt: "-" if v is None else fmt.format(v)  # noqa: E731
-print(f"\n| what | result ({f['device_name']}, torch {torch.__version__}) |\n|---|---|")
-print(f"| preflight, d12 64 x 1024, compile | {'passed' if pf['passed'] else 'FAILED'}: "
-      + ", ".join(f"{c['name']} {c['status']}" for c in pf["checks"]) + " |")
-print(f"| training step (preflight, real batches) | {num(f.get('tok_per_s'), '{:,.0f}')} tok/s, MFU "
-      f"{num(f.get('mfu'), '{:.1%}')}, {num(f.get('step_s'), '{:.3f}')} s/step, compile {num(f.get('compile_s'), '{:.0f}')} s |")
-print(f"| peak memory | {num(f.get('peak_memory_gb'), '{:.1f}')} GB allocated, {num(f.get('reserved_gb'), '{:.1f}')} "
-      f"GB reserved of {num(f.get('device_memory_gb'), '{:.1f}')} GB |")
-print(f"| checkpoint save | {num(f.get('checkpoint_save_s'), '{:.1f}')} s for {num(f.get('checkpoint_gb'), '{:.2f}')} GB |")
-print(f"| HellaSwag scoring | {num(f.get('hellaswag_examples_per_s'), '{:,.0f}')} examples/s |")
-print(f"| loader wait | {num(f.get('loader_wait_ms_per_step'), '{:.1f}')} ms/step |")
-for line in (work / "bench.txt").read_text().splitlines():
-    m = re.match(r"compile (on|off) \|\s*([\d.]+) ms/step \|\s*([\d,]+) tok/s \| mfu (\S+)", line)
-    if m:
-        print(f"| bench_train.py, compile {m[1]} | {m[3]} tok/s, MFU {m[4]}, {m[2]} ms/step |")
-PY
+recipe_parts classic
+part bench_infer 60 "$PYTHON" bench/bench_infer.py "${infer_bench[@]}"
+part bench_hellaswag 90 "$PYTHON" bench/bench_hellaswag.py "${hellaswag_bench[@]}"
+part bench_checkpoint 90 "$PYTHON" bench/bench_checkpoint.py --dir "$work" "${checkpoint_bench[@]}"
+part bench_resume "$limit" "$PYTHON" bench/bench_resume.py --data "$work/shards" "${resume[@]}"
+recipe_parts modern
+part bench_loss "$limit" "$PYTHON" bench/bench_loss.py "${loss_bench[@]}"
+
+echo
+"$PYTHON" bench/gpu_report.py table "$logs" | tee "$logs/table.md"
