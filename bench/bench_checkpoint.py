@@ -60,7 +60,8 @@ def main() -> None:
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": 1,
              "model_config": asdict(model.config), "config": {}}  # what read_checkpoint asks of a training one
     size = sum(t.nbytes for t in tensors(state))
-    print(f"{args.model_dims or args.model}: {model.num_params() / 1e6:.1f}M parameters, checkpoint tensors {size / 1e9:.2f} GB")
+    print(f"{args.model_dims or args.model}: {model.num_params() / 1e6:.1f}M parameters, checkpoint tensors "
+          f"{size / 1e9:.2f} GB")
 
     with tempfile.TemporaryDirectory(dir=args.dir) as d:
         path = Path(d) / "model.pt"
