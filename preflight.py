@@ -24,7 +24,8 @@ import torch.distributed as dist
 
 import fineweb
 from checkpoints import read_checkpoint, release_log_dirs
-from fineweb import GPT2_VOCAB, UserError, first_line
+from common import UserError, first_line
+from fineweb import GPT2_VOCAB
 from model import flops_per_token, peak_flops
 
 PREFLIGHT_CKPT = "preflight_checkpoint.pt"  # not model_*.pt: --resume auto never picks it, rotation never counts it

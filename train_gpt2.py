@@ -36,7 +36,7 @@ import checkpoints
 import fineweb
 import hellaswag
 import preflight
-from fineweb import UserError, first_line
+from common import HelpFormatter, UserError, add_device_option, first_line, pick_device
 from model import GPT, MODEL_SIZES, RECIPES, GPTConfig, ModernGPT, build_model, flops_per_token, generate, peak_flops
 from optim import Muon, Optimizers
 
@@ -301,7 +301,7 @@ def print0(*args, **kwargs) -> None:
 def setup_distributed(device: str) -> tuple[int, int, int, str, bool]:
     """(rank, local rank, world size, device, is_master). Under torchrun: NCCL on CUDA, Gloo elsewhere; the
     device comes from LOCAL_RANK (the process on this node), the data slice from RANK of WORLD_SIZE."""
-    device = fineweb.pick_device(device)
+    device = pick_device(device)
     if "RANK" not in os.environ:
         return 0, 0, 1, device, True
     rank, local_rank, world = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
@@ -388,7 +388,7 @@ PRESETS = {  # a preset only changes defaults: an explicit flag always wins
 
 
 def get_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=fineweb.HelpFormatter,
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter,
                                 epilog="Defaults reproduce GPT-2 124M on FineWeb-Edu 10B tokens.")
     p.add_argument("--preset", choices=list(PRESETS), default=None,
                    help="demo: a small model on demo_shards/ (fineweb.py --demo), CPU, 2 minutes; sets defaults only")
@@ -438,7 +438,7 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--init-from", default=None, help="a new run from these weights (step 0, fresh optimizer): a "
                    "checkpoint of train_gpt2.py, build-nanogpt or nanoGPT, gpt2 ... gpt2-xl or a Hugging Face folder")
     # hardware
-    fineweb.add_device_option(p)
+    add_device_option(p)
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the model (default: on for CUDA, off elsewhere)")
     p.add_argument("--dtype", choices=["bfloat16", "float32"], default=None,
@@ -749,7 +749,7 @@ def main(argv: list[str] | None = None) -> None:
         code = preflight.preflight(args, start_run) if args.preflight else train(args)
         ok = True
     except UserError as e:
-        print(f"train_gpt2.py: {e}", file=sys.stderr)  # one line, as fineweb.fail says it
+        print(f"train_gpt2.py: {e}", file=sys.stderr)  # one line, as common.fail says it
         code = 1
     except Interrupted as e:
         print0(f"train_gpt2.py: preflight stopped by {e} - nothing was started", file=sys.stderr)

@@ -21,7 +21,7 @@ import fineweb
 import infer
 import train_gpt2
 from checkpoints import load_model
-from fineweb import UserError
+from common import UserError
 from model import GPT, GPTConfig
 from train_gpt2 import get_lr
 

@@ -19,7 +19,7 @@ import infer
 import model as model_py
 import preflight as preflight_py
 import train_gpt2
-from fineweb import UserError
+from common import UserError
 from model import GPT, ChunkedCrossEntropy, GPTConfig, KVCache, peak_flops
 from train_gpt2 import ShardLoader
 
