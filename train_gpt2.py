@@ -6,8 +6,8 @@ Train GPT-2 (124M and up) on FineWeb-Edu token shards: one process, or torchrun 
     torchrun --standalone --nproc_per_node=8 train_gpt2.py --resume log/model_18882.pt --epochs 2   # a second epoch
 
 Where to start reading: model.py (the GPT), then this file top to bottom: the data loader, the optimizers and the lr
-schedule, one training step, the evals, the options, and last the loop (train). Checkpoints, the log-dir lock and
-the other projects' formats are in checkpoints.py, the --preflight in preflight.py, Muon in optim.py.
+schedule, the evals, the options, a run and its step (Run.train_step), and last the loop (train). Checkpoints, the
+log-dir lock and the other projects' formats are in checkpoints.py, the --preflight in preflight.py, Muon in optim.py.
 
 Writes LOG_DIR/model_{step:05d}.pt checkpoints, LOG_DIR/log.txt and LOG_DIR/metrics.jsonl. SIGTERM, SIGHUP or Ctrl-C
 finish the current step, save a checkpoint and exit; `--resume auto` (the default) continues from the newest one.
@@ -132,7 +132,7 @@ class ShardLoader:
 def make_modern_optimizer(model: ModernGPT, args: argparse.Namespace, device: str) -> Optimizers:
     """Muon at --muon-lr for the blocks' matrices; AdamW (no weight decay) at --embed-lr for the token embedding and
     at --head-lr for the head and the RMSNorm gains. Each group's lr_scale is its lr over --muon-lr: the schedule
-    (get_lr) gives the Muon lr of a step, and train_step scales it for each group."""
+    (get_lr) gives the Muon lr of a step, and Run.train_step scales it for each group."""
     hidden = [p for p in model.transformer.h.parameters() if p.dim() == 2]
     gains = [p for p in model.parameters() if p.dim() < 2]
     adam = torch.optim.AdamW([
@@ -672,7 +672,7 @@ def start_run(args: argparse.Namespace) -> Run:
 
     torch.manual_seed(args.seed)
     ckpt_path, ckpt, skipped = checkpoints.find_resume(args, config)
-    if ckpt is not None and ckpt["step"] >= last_step:  # said before any GPU work
+    if ckpt is not None and ckpt["step"] >= last_step:  # nothing left to train: said before any GPU work
         raise AlreadyFinished(f"{ckpt_path} already trained step {ckpt['step']} of {last_step} - pass a larger "
                               "--epochs (or --max-steps) to train on, or another --log-dir to start a new run")
     raw = build_model(config)
