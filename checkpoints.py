@@ -21,11 +21,12 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
 
-from fineweb import UserError, first_line
+from common import UserError, first_line
 from model import GPT, HF_NAMES, MODEL_SIZES, GPTConfig, ModernGPT, build_model
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -265,10 +266,23 @@ def peer_weights(ckpt: object, path: Path) -> tuple[GPTConfig, dict, str | None]
     return config, state, note
 
 
+def hub_unreachable() -> bool:
+    """Whether the Hugging Face Hub is out of reach (no connection, no proxy): its client would retry for half a
+    minute, so load_file_model then goes offline at once and uses the cache."""
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=5).close()
+        return False
+    except OSError:
+        return not any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"))
+
+
 def load_file_model(spec: str, device: str | torch.device = "cpu") -> tuple[GPT | ModernGPT, dict]:
     """load_model of one checkpoint file, OpenAI name or Hugging Face folder."""
     path = Path(spec)
     hub = spec in HF_NAMES and not path.exists()
+    if hub and "HF_HUB_OFFLINE" not in os.environ and hub_unreachable():
+        os.environ["HF_HUB_OFFLINE"] = "1"  # read when from_pretrained first imports huggingface_hub
     if hub or path.is_dir() and (path / "config.json").exists():
         try:
             return GPT.from_pretrained(spec).to(device).eval(), {}

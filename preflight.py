@@ -4,7 +4,7 @@ hours are paid. A few real optimizer steps (compile, step time, tok/s, MFU, memo
 the real size written and read back, free disk, ranks agreeing; then one screen and LOG_DIR/preflight.json with the
 whole run's time and cost. train.sh runs it before it detaches a run.
 
-train_gpt2.py hands in its start_run; the Run it returns brings optimizer_step, evaluate and save, so this file
+train_gpt2.py hands in its start_run; the Run it returns brings train_step, evaluate and save, so this file
 imports nothing of the trainer.
 """
 
@@ -24,7 +24,8 @@ import torch.distributed as dist
 
 import fineweb
 from checkpoints import read_checkpoint, release_log_dirs
-from fineweb import GPT2_VOCAB, UserError, first_line
+from common import UserError, first_line
+from fineweb import GPT2_VOCAB
 from model import flops_per_token, peak_flops
 
 PREFLIGHT_CKPT = "preflight_checkpoint.pt"  # not model_*.pt: --resume auto never picks it, rotation never counts it
@@ -87,7 +88,7 @@ def preflight_steps(run, pf: Preflight) -> str:
     run.train_data.wait_s = 0.0
     for _ in range(args.preflight_steps):
         t0 = time.perf_counter()
-        run.optimizer_step()  # ends with the step's one host sync, so the time is the step's
+        run.train_step()  # ends with the step's one host sync, so the time is the step's
         times.append(time.perf_counter() - t0)
         run.step += 1
     step_s = statistics.median(times[1:])
