@@ -3,7 +3,39 @@ Checkpoints of train_gpt2.py, and the models the other scripts load: written dur
 read safely (weights only: nothing in a file can run code), rotated, chosen for --resume; the formats of
 build-nanogpt and nanoGPT; --init-from's sources; load_model for hellaswag.py and infer.py; one run per log dir.
 
-Operations, not the training story: train_gpt2.py calls into this file, and a learner can skip it.
+Operations, not the training story: train_gpt2.py calls into this file, and a learner can skip it. What it promises:
+
+- Resume. --resume auto (the default, and what train.sh passes) continues from the newest valid checkpoint in the
+  log dir, or starts fresh when there is none; --resume FILE continues from that file; --resume none starts a new run.
+  The checkpoint must match the run: another --recipe, --model, --seq-len or --total-batch-size is refused. Other
+  options may change on resume (--lr, --weight-decay, --grad-clip, --batch-size, the modern learning rates, ...):
+  they apply from that step on, over the settings saved with the optimizer, and each change is printed and logged as
+  an options_changed event. A finished run says so and exits; a larger --epochs goes on (the lr then ramps to the
+  new cosine over --warmup-steps: train_gpt2.schedule_join).
+- New runs never overwrite another's. A new run (--resume none, --init-from) or a --resume FILE from another folder
+  does not start in a log dir that holds another run's checkpoints: it is refused in one line, so nothing of the old
+  run is overwritten or rotated away. model_*.pt files that are not this kit's training checkpoints (another
+  script's, weights only) are never resumed from: --init-from them into another --log-dir.
+- One run per log dir: the run holds an flock on LOG_DIR/.lock, released when it exits or dies (a dead run's lock is
+  taken over). A second run on that log dir stops in one line naming the holder's pid and host.
+- Durable writes: a checkpoint is written to a temporary name, fsync'd, renamed into place, and the folder fsync'd,
+  so a network volume keeps it. A full disk removes the partial file and leaves the earlier checkpoints untouched;
+  at start a warning says when the disk holds fewer than two checkpoints.
+- Damage: every checkpoint records a CRC32 of its tensors, checked on load (about a second for 124M). --resume auto
+  skips a truncated or bit-flipped newest checkpoint for the one before it, with a warning on stderr and a
+  resume_fallback event in metrics.jsonl; --resume FILE and infer.py refuse a damaged file.
+- Rotation: --keep-checkpoints N (default 3) deletes only checkpoints that it can read and that this kit wrote, and
+  never a run's last one.
+- --init-from FILE | gpt2 ... gpt2-xl | a Hugging Face folder starts a new run at step 0 with a fresh optimizer and
+  that model's shape and recipe (a notice names any --recipe or --n-* it overrides); --seq-len may be shorter than
+  its context. Once the run has a checkpoint the same command resumes it; another --init-from there is refused.
+- Formats that load (load_model, init_weights): ours (either recipe, which the checkpoint records); build-nanogpt's
+  (log/model_05000.pt, a fork's checkpoints/model_EE_SSSSS.pt; its GPTConfig pickled as __main__.GPTConfig or
+  model.GPTConfig; keys with or without _orig_mod. and module.); nanoGPT's ckpt.pt (with or without biases; it
+  trained with exact GELU, so a note says the logits differ slightly); OpenAI's gpt2 ... gpt2-xl and Hugging Face
+  GPT-2 folders. Every file is read with torch.load(weights_only=True): tensors, plain data and a stand-in for
+  those GPTConfigs. A file that pickles anything else is refused with a line naming the class; load it with the
+  script that wrote it and save its state_dict, or a Hugging Face folder.
 """
 
 import argparse
@@ -21,11 +53,12 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
 
-from fineweb import UserError, first_line
+from common import UserError, first_line
 from model import GPT, HF_NAMES, MODEL_SIZES, GPTConfig, ModernGPT, build_model
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -265,10 +298,23 @@ def peer_weights(ckpt: object, path: Path) -> tuple[GPTConfig, dict, str | None]
     return config, state, note
 
 
+def hub_unreachable() -> bool:
+    """Whether the Hugging Face Hub is out of reach (no connection, no proxy): its client would retry for half a
+    minute, so load_file_model then goes offline at once and uses the cache."""
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=5).close()
+        return False
+    except OSError:
+        return not any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"))
+
+
 def load_file_model(spec: str, device: str | torch.device = "cpu") -> tuple[GPT | ModernGPT, dict]:
     """load_model of one checkpoint file, OpenAI name or Hugging Face folder."""
     path = Path(spec)
     hub = spec in HF_NAMES and not path.exists()
+    if hub and "HF_HUB_OFFLINE" not in os.environ and hub_unreachable():
+        os.environ["HF_HUB_OFFLINE"] = "1"  # read when from_pretrained first imports huggingface_hub
     if hub or path.is_dir() and (path / "config.json").exists():
         try:
             return GPT.from_pretrained(spec).to(device).eval(), {}

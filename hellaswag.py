@@ -32,17 +32,8 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from checkpoints import load_model
-from fineweb import (
-    EOT,
-    GPT2_VOCAB,
-    HelpFormatter,
-    UserError,
-    add_device_option,
-    fail,
-    first_line,
-    get_tokenizer,
-    pick_device,
-)
+from common import HelpFormatter, UserError, add_device_option, fail, first_line, pick_device
+from fineweb import EOT, GPT2_VOCAB, get_tokenizer
 
 # ----------------------------------------------------------------------------------------------------------------------
 # config

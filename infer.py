@@ -24,16 +24,8 @@ import torch
 from tqdm import tqdm
 
 from checkpoints import load_newest
-from fineweb import (
-    GPT2_VOCAB,
-    HelpFormatter,
-    UserError,
-    add_device_option,
-    fail,
-    get_tokenizer,
-    gpt2_bpe_files,
-    pick_device,
-)
+from common import HelpFormatter, UserError, add_device_option, fail, pick_device
+from fineweb import GPT2_VOCAB, get_tokenizer, gpt2_bpe_files
 from model import CONV1D_WEIGHTS, GPT, generate
 
 # ----------------------------------------------------------------------------------------------------------------------

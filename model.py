@@ -5,11 +5,8 @@ cache, and OpenAI's weights through Hugging Face. Read this first, then train_gp
 Standalone, as nanoGPT's model.py: it imports nothing else of this kit, so `from model import GPT` works anywhere.
 """
 
-import os
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
-from urllib.parse import urlparse
 
 import torch
 import torch.nn as nn
@@ -188,10 +185,8 @@ class GPT(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str) -> "GPT":
-        """Hugging Face GPT2LMHeadModel weights: a hub name such as 'gpt2' (downloaded once; the cache only when the
-        Hub cannot be reached), or a save_pretrained folder. Raises OSError when neither works."""
-        if name_or_dir in HF_NAMES and "HF_HUB_OFFLINE" not in os.environ and hub_unreachable():
-            os.environ["HF_HUB_OFFLINE"] = "1"  # read when huggingface_hub is first imported, just below
+        """Hugging Face GPT2LMHeadModel weights: a hub name such as 'gpt2' (downloaded once, then cached), or a
+        save_pretrained folder. Raises OSError when neither works."""
         from transformers import GPT2LMHeadModel
         hf = GPT2LMHeadModel.from_pretrained(name_or_dir)
         c, sd_hf = hf.config, hf.state_dict()
@@ -204,17 +199,6 @@ class GPT(nn.Module):
                 assert src.shape == v.shape, f"shape mismatch for {k}: {tuple(src.shape)} vs {tuple(v.shape)}"
                 v.copy_(src)
         return model
-
-
-def hub_unreachable() -> bool:
-    """Whether the Hugging Face Hub is out of reach (no connection, no proxy): its client would retry for half a
-    minute, so from_pretrained then goes offline at once and uses the cache."""
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        socket.create_connection((url.hostname, url.port or 443), timeout=5).close()
-        return False
-    except OSError:
-        return not any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"))
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -2,9 +2,44 @@
 train_gpt2.py --preflight: every part of the real job once, at its real shapes and on its real hardware, before the
 hours are paid. A few real optimizer steps (compile, step time, tok/s, MFU, memory), each eval once, a checkpoint of
 the real size written and read back, free disk, ranks agreeing; then one screen and LOG_DIR/preflight.json with the
-whole run's time and cost. train.sh runs it before it detaches a run.
+whole run's time and cost. train.sh runs it, attached, before it detaches a run, and starts nothing when a check fails
+(./train.sh --no-preflight skips it). Alone: python train_gpt2.py --preflight ..., or torchrun ... train_gpt2.py
+--preflight ... with the options of the run it checks.
 
-train_gpt2.py hands in its start_run; the Run it returns brings optimizer_step, evaluate and save, so this file
+The screen of a CPU run of the demo preset (python train_gpt2.py --preset demo --preflight --log-dir /tmp/pf_demo
+--resume none, after the quickstart; a 2-core machine, no network, so no HellaSwag):
+
+    preflight: custom (3.4M parameters), 1 process(es) on cpu, float32, compile off
+      pass  shards      6 shards, 1,063,448 train + 262,144 val tokens; start, middle and end of each read: ...
+      pass  train steps 4 steps of 1 x 8 x 64 tokens per process, finite loss
+      off   memory      not measured on cpu
+      pass  val         val loss 10.4966, as in training, 4.8 s
+      off   hellaswag   off: no HellaSwag data, the run trains without it
+      pass  sample      with the KV cache, as in training, 10.1 s
+      pass  checkpoint  0.04 GB written in 0.2 s (172 MB/s), read back equal, deleted
+      pass  disk        65.3 GB free in /tmp/pf_demo/; the run keeps up to 4 checkpoint(s) of 0.04 GB
+      figures: compile 0 s | step 2.081 s | tok/s 246 | loader wait 0.1 ms/step | val 4.8 s | checkpoint 0.2 s
+      estimate: 519 steps in 0:20:09 (train 0:18:00, val 0:00:57, sample 0:01:10, checkpoints 0:00:01) | ...
+    preflight passed - written to /tmp/pf_demo/preflight.json
+
+Each check says pass, FAIL (with the reason and what to do) or off (turned off by an option, or not measurable here):
+  shards       reads the start, middle and end of every shard: 1-D uint16, ids below GPT-2's vocabulary
+  train steps  real optimizer steps at the run's --batch-size and accumulation, on real batches; the loss is finite
+  memory       on a GPU, the peak against the card; when short, it names a --batch-size that should fit
+  val, hellaswag, sample
+               as training runs them (val through the compiled model)
+  checkpoint   one of the real size written into the log dir as preflight_checkpoint.pt (never resumed from), read
+               back, compared and deleted
+  disk         the free space against the checkpoints the run keeps (--keep-checkpoints)
+  ranks agree  with several processes, the parameters of every rank are the same
+figures: compile time, seconds and tokens/s per step, MFU on a GPU (against the card's dense bf16 peak, from
+model.peak_flops), the time a step waited for data, peak memory, eval and checkpoint times.
+estimate: the wall-clock to --max-steps or the end of --epochs from where the run starts (a resumed run counts from
+its checkpoint), with its evals and checkpoints; the GPU-hours; the cost with --gpu-hour-price or GPU_HOUR_PRICE set
+(GPU_HOUR_PRICE=2.69 ./train.sh). A preflight writes no model_*.pt and no log.txt or metrics.jsonl line;
+LOG_DIR/preflight.json holds what the screen shows.
+
+train_gpt2.py hands in its start_run; the Run it returns brings train_step, evaluate and save, so this file
 imports nothing of the trainer.
 """
 
@@ -24,7 +59,8 @@ import torch.distributed as dist
 
 import fineweb
 from checkpoints import read_checkpoint, release_log_dirs
-from fineweb import GPT2_VOCAB, UserError, first_line
+from common import UserError, first_line
+from fineweb import GPT2_VOCAB
 from model import flops_per_token, peak_flops
 
 PREFLIGHT_CKPT = "preflight_checkpoint.pt"  # not model_*.pt: --resume auto never picks it, rotation never counts it
@@ -87,7 +123,7 @@ def preflight_steps(run, pf: Preflight) -> str:
     run.train_data.wait_s = 0.0
     for _ in range(args.preflight_steps):
         t0 = time.perf_counter()
-        run.optimizer_step()  # ends with the step's one host sync, so the time is the step's
+        run.train_step()  # ends with the step's one host sync, so the time is the step's
         times.append(time.perf_counter() - t0)
         run.step += 1
     step_s = statistics.median(times[1:])

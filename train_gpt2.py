@@ -6,8 +6,8 @@ Train GPT-2 (124M and up) on FineWeb-Edu token shards: one process, or torchrun 
     torchrun --standalone --nproc_per_node=8 train_gpt2.py --resume log/model_18882.pt --epochs 2   # a second epoch
 
 Where to start reading: model.py (the GPT), then this file top to bottom: the data loader, the optimizers and the lr
-schedule, one training step, the evals, the options, and last the loop (train). Checkpoints, the log-dir lock and
-the other projects' formats are in checkpoints.py, the --preflight in preflight.py, Muon in optim.py.
+schedule, the evals, the options, a run and its step (Run.train_step), and last the loop (train). Checkpoints, the
+log-dir lock and the other projects' formats are in checkpoints.py, the --preflight in preflight.py, Muon in optim.py.
 
 Writes LOG_DIR/model_{step:05d}.pt checkpoints, LOG_DIR/log.txt and LOG_DIR/metrics.jsonl. SIGTERM, SIGHUP or Ctrl-C
 finish the current step, save a checkpoint and exit; `--resume auto` (the default) continues from the newest one.
@@ -20,7 +20,6 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -36,7 +35,7 @@ import checkpoints
 import fineweb
 import hellaswag
 import preflight
-from fineweb import UserError, first_line
+from common import HelpFormatter, UserError, add_device_option, first_line, pick_device
 from model import GPT, MODEL_SIZES, RECIPES, GPTConfig, ModernGPT, build_model, flops_per_token, generate, peak_flops
 from optim import Muon, Optimizers
 
@@ -60,12 +59,15 @@ class ShardLoader:
             self.shards = [fineweb.read_shard(p) for p in self.paths]  # memmaps: nothing read
         except (ValueError, OSError) as e:
             raise UserError(f"bad shard: {first_line(e)} - rebuild it with fineweb.py") from None
-        self.T, self.N, self.seed, self.shuffle, self.vocab_size = seq_len, seqs_per_step, seed, shuffle, vocab_size
+        self.T, self.N, self.seed = seq_len, seqs_per_step, seed
+        self.shuffle, self.vocab_size = shuffle, vocab_size
         self.counts = np.array([(len(s) - 1) // seq_len if len(s) else 0 for s in self.shards], dtype=np.int64)
         self.n_seqs = int(self.counts.sum())
-        self.steps_per_epoch = self.n_seqs // seqs_per_step  # the remainder (< one step) is left out each epoch
+        # each epoch leaves out the remainder of less than one step
+        self.steps_per_epoch = self.n_seqs // seqs_per_step
         self._epoch, self._order, self._ends, self._perms = -1, None, None, {}
-        self._ahead: tuple[tuple, Future] | None = None  # (the batch() arguments it is for, its tokens)
+        # the read-ahead: (the batch() arguments it is for, a future of its tokens)
+        self._ahead: tuple[tuple, Future] | None = None
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="shard-read-ahead")
         self.wait_s = 0.0  # seconds batch() spent waiting for tokens
 
@@ -110,13 +112,15 @@ class ShardLoader:
         micro-batch after this one (the next step's first after the last micro-step)."""
         t0, key = time.perf_counter(), (step, micro, rank, world_size, batch_size)
         ahead, self._ahead = self._ahead, None
-        tokens = ahead[1].result() if ahead else None  # always waited for: sequences() is not run twice at once
+        # always waited for, even when it is not the batch asked for: sequences() never runs twice at once
+        tokens = ahead[1].result() if ahead else None
         if ahead is None or ahead[0] != key:
             tokens = self.sequences(*key).astype(np.int64)
         self.wait_s += time.perf_counter() - t0
         more = micro + 1 < self.N // (world_size * batch_size)
         nxt = (step, micro + 1) if more else (step + 1, 0)
-        self._ahead = (nxt + key[2:], self._reader.submit(lambda: self.sequences(*nxt, *key[2:]).astype(np.int64)))
+        read = self._reader.submit(lambda: self.sequences(*nxt, *key[2:]).astype(np.int64))
+        self._ahead = (nxt + key[2:], read)
         buf = torch.from_numpy(tokens)
         buf = buf.pin_memory().to(device, non_blocking=True) if device.startswith("cuda") else buf.to(device)
         return buf[:, :-1], buf[:, 1:]
@@ -128,7 +132,7 @@ class ShardLoader:
 def make_modern_optimizer(model: ModernGPT, args: argparse.Namespace, device: str) -> Optimizers:
     """Muon at --muon-lr for the blocks' matrices; AdamW (no weight decay) at --embed-lr for the token embedding and
     at --head-lr for the head and the RMSNorm gains. Each group's lr_scale is its lr over --muon-lr: the schedule
-    (get_lr) gives the Muon lr of a step, and train_step scales it for each group."""
+    (get_lr) gives the Muon lr of a step, and Run.train_step scales it for each group."""
     hidden = [p for p in model.transformer.h.parameters() if p.dim() == 2]
     gains = [p for p in model.parameters() if p.dim() < 2]
     adam = torch.optim.AdamW([
@@ -193,29 +197,6 @@ def schedule_join(ckpt: dict, total_steps: int, steps_per_epoch: int,
     return (step, last_lr) if step > 0 and not math.isclose(last_lr, get_lr(step, total_steps, args)) else None
 
 
-def train_step(model: nn.Module, raw: GPT, optimizer: torch.optim.Optimizer, next_batch: Callable, accum: int,
-               autocast, grad_clip: float, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step over `accum` micro-batches from next_batch(micro) -> (x, y). Returns the step's mean loss
-    and the gradient norm before clipping, as device tensors (no host sync here)."""
-    ddp = isinstance(model, nn.parallel.DistributedDataParallel)
-    loss_sum = torch.zeros((), device=next(raw.parameters()).device)
-    for micro in range(accum):
-        x, y = next_batch(micro)
-        if ddp:  # all-reduce the gradients only after the last micro-step
-            model.require_backward_grad_sync = micro == accum - 1
-        with autocast:
-            _, loss = model(x, y)
-        loss = loss / accum  # the accumulated gradient is the mean over the whole step's tokens
-        loss_sum += loss.detach()
-        loss.backward()
-    norm = torch.nn.utils.clip_grad_norm_(raw.parameters(), grad_clip or math.inf)  # 0: measured, not clipped
-    for group in optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_scale", 1.0)  # the modern recipe's groups have their own lr (classic: 1)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return loss_sum, norm
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # evaluation
 
@@ -258,7 +239,8 @@ def load_hellaswag_examples(path: str | None, world: int, device: str) -> tuple[
     try:
         examples, why = hellaswag.load_examples(path), None
     except hellaswag.HellaSwagUnavailable as e:
-        examples, why = None, str(e).replace("--data FILE", "--hellaswag-data FILE")  # the option's name here
+        # hellaswag.py's advice, with the name this script gives the option
+        examples, why = None, str(e).replace("--data FILE", "--hellaswag-data FILE")
     if world > 1:
         ready = torch.tensor(int(examples is not None), device=device)
         dist.all_reduce(ready)  # a rank without the data would skip collectives the others wait in
@@ -295,13 +277,14 @@ def print0(*args, **kwargs) -> None:
         try:
             print(*args, **kwargs, file=stream, flush=True)
         except OSError:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())  # what is still buffered goes there too
+            # what is still buffered goes there too
+            os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
 
 
 def setup_distributed(device: str) -> tuple[int, int, int, str, bool]:
     """(rank, local rank, world size, device, is_master). Under torchrun: NCCL on CUDA, Gloo elsewhere; the
     device comes from LOCAL_RANK (the process on this node), the data slice from RANK of WORLD_SIZE."""
-    device = fineweb.pick_device(device)
+    device = pick_device(device)
     if "RANK" not in os.environ:
         return 0, 0, 1, device, True
     rank, local_rank, world = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
@@ -388,7 +371,7 @@ PRESETS = {  # a preset only changes defaults: an explicit flag always wins
 
 
 def get_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=fineweb.HelpFormatter,
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter,
                                 epilog="Defaults reproduce GPT-2 124M on FineWeb-Edu 10B tokens.")
     p.add_argument("--preset", choices=list(PRESETS), default=None,
                    help="demo: a small model on demo_shards/ (fineweb.py --demo), CPU, 2 minutes; sets defaults only")
@@ -438,7 +421,7 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--init-from", default=None, help="a new run from these weights (step 0, fresh optimizer): a "
                    "checkpoint of train_gpt2.py, build-nanogpt or nanoGPT, gpt2 ... gpt2-xl or a Hugging Face folder")
     # hardware
-    fineweb.add_device_option(p)
+    add_device_option(p)
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the model (default: on for CUDA, off elsewhere)")
     p.add_argument("--dtype", choices=["bfloat16", "float32"], default=None,
@@ -451,7 +434,8 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gpu-hour-price", type=float, default=float(os.environ.get("GPU_HOUR_PRICE") or 0) or None,
                    help="price of one GPU-hour, for the preflight's cost estimate (default: $GPU_HOUR_PRICE)")
 
-    known, _ = p.parse_known_args(argv)  # the preset first: its values become defaults, so explicit flags win
+    # the preset first: its values become defaults, so explicit flags win
+    known, _ = p.parse_known_args(argv)
     preset = dict(PRESETS.get(known.preset, {}))
     if known.model is not None:  # an explicit --model beats the preset's width and depth
         preset = {k: v for k, v in preset.items() if k not in ("n_layer", "n_head", "n_embd")}
@@ -480,7 +464,7 @@ def check_args(args: argparse.Namespace, world_size: int) -> None:
         raise UserError(f"--preflight-steps must be at least 2 (the first one compiles), got {args.preflight_steps}")
     if args.n_embd % args.n_head:
         raise UserError(f"--n-embd {args.n_embd} is not a multiple of --n-head {args.n_head}")
-    per_step = args.batch_size * args.seq_len * world_size  # tokens of one micro-step over all processes
+    per_step = args.batch_size * args.seq_len * world_size  # tokens of one micro-step, all processes
     if args.total_batch_size % per_step:
         raise UserError(f"--total-batch-size {args.total_batch_size} is not a multiple of --batch-size x --seq-len x "
                         f"processes = {args.batch_size} x {args.seq_len} x {world_size} = {per_step}; change one")
@@ -517,15 +501,34 @@ class Run:
     dt_avg: float | None = None  # seconds per step, smoothed, for the eta
     lr_join: tuple[int, float] | None = None  # (step, lr) where a longer schedule began: get_lr ramps from there
 
-    def optimizer_step(self) -> bool:
-        """One optimizer step at self.step, printed and logged. Returns whether a rank was asked to stop; UserError
-        when the loss is not finite."""
-        t0, step, args, world = time.time(), self.step, self.args, self.world
+    def train_step(self) -> bool:
+        """One optimizer step at self.step, as in the lecture: the micro-steps (batch, forward under autocast,
+        backward), clipping, optimizer.step(); then its log line. Returns whether a rank was asked to stop."""
+        t0, step, args = time.time(), self.step, self.args
         lr = get_lr(step, self.total_steps, args, self.lr_join)
-        next_batch = lambda micro: self.train_data.batch(step, micro, self.rank, world, args.batch_size,  # noqa: E731
-                                                         self.device)
-        loss, norm = train_step(self.model, self.raw, self.optimizer, next_batch, self.accum, self.autocast,
-                                args.grad_clip, lr)
+        loss_sum = torch.zeros((), device=self.device)
+        for micro in range(self.accum):
+            x, y = self.train_data.batch(step, micro, self.rank, self.world, args.batch_size, self.device)
+            if self.world > 1:  # all-reduce the gradients only after the last micro-step
+                self.model.require_backward_grad_sync = micro == self.accum - 1
+            with self.autocast:
+                _, loss = self.model(x, y)
+            loss = loss / self.accum  # backward() sums the gradients; we want the mean
+            loss_sum += loss.detach()
+            loss.backward()
+        # --grad-clip 0: the norm is measured, the gradient left as it is
+        norm = torch.nn.utils.clip_grad_norm_(self.raw.parameters(), args.grad_clip or math.inf)
+        # the modern recipe's groups each scale the lr (lr_scale); classic's have none
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return self.log_step(loss_sum, norm, lr, t0)
+
+    def log_step(self, loss: torch.Tensor, norm: torch.Tensor, lr: float, t0: float) -> bool:
+        """The step's one host sync, then its line on the terminal and in the logs (t0: when the step began).
+        Returns whether a rank was asked to stop; UserError when the loss is not finite."""
+        step, args, world = self.step, self.args, self.world
         stats = torch.stack([loss.float(), norm.float(), torch.full((), float(bool(STOP)), device=self.device)])
         if world > 1:
             dist.all_reduce(stats)  # summed over ranks: a stop on any rank stops all at this step
@@ -537,13 +540,16 @@ class Run:
             raise UserError(f"loss is {loss} at step {step} - training diverged; the last good checkpoint is "
                             f"{good[-1] if good else 'none'}; lower --lr and resume from it")
         dt = time.time() - t0
-        self.dt_avg = dt if self.dt_avg is None or step < 3 else 0.9 * self.dt_avg + 0.1 * dt  # first steps compile
+        # seconds per step for the eta: a moving average from step 3 on (the first steps compile)
+        self.dt_avg = dt if self.dt_avg is None or step < 3 else 0.9 * self.dt_avg + 0.1 * dt
+        eta = timedelta(seconds=int(self.dt_avg * (self.last_step - step - 1)))
         tok_s, peak = args.total_batch_size / dt, peak_flops(self.device)
-        mfu = flops_per_token(self.raw.config, self.raw.num_params(True)) * tok_s / (peak * world) if peak else None
+        flops_s = flops_per_token(self.raw.config, self.raw.num_params(True)) * tok_s
+        mfu = flops_s / (peak * world) if peak else None
         epoch = step / self.train_data.steps_per_epoch
         print0(f"step {step:5d}/{self.last_step} | loss {loss:.6f} | lr {lr:.2e} | norm {norm:.4f} | "
-               f"{dt * 1000:.0f} ms | {tok_s:,.0f} tok/s | mfu {f'{mfu:.1%}' if mfu is not None else '-'} | "
-               f"epoch {epoch:.3f} | eta {timedelta(seconds=int(self.dt_avg * (self.last_step - step - 1)))}")
+               f"{dt * 1000:.0f} ms | {tok_s:,.0f} tok/s | mfu {'-' if mfu is None else f'{mfu:.1%}'} | "
+               f"epoch {epoch:.3f} | eta {eta}")
         self.log.event("train", step=step, loss=loss, lr=lr, norm=norm, dt_ms=dt * 1000, tok_per_s=tok_s, mfu=mfu,
                        epoch=epoch, tokens=(step + 1) * args.total_batch_size, time=time.time())
         return bool(stop)
@@ -591,42 +597,82 @@ class Run:
             dist.barrier()  # nobody exits while rank 0 is still writing
 
 
+def open_data(args: argparse.Namespace, vocab_size: int) -> tuple[ShardLoader, ShardLoader, int]:
+    """The train and val loaders of --data, and the val steps there is data for; UserError when it cannot train."""
+    if not Path(args.data).is_dir():
+        raise UserError(f"no data folder {args.data}/ - run python fineweb.py (or fineweb.py --demo for demo_shards/)")
+    seqs_per_step = args.total_batch_size // args.seq_len
+    train_data = ShardLoader(args.data, "train", args.seq_len, seqs_per_step, args.seed, vocab_size=vocab_size)
+    if train_data.steps_per_epoch == 0:
+        what = "no training shards"
+        if train_data.shards:
+            what = f"only {train_data.n_seqs * args.seq_len:,} tokens in training shards"
+        raise UserError(f"{args.data}/ has {what}, less than one step of --total-batch-size {args.total_batch_size} - "
+                        "run fineweb.py to write shards, or lower --total-batch-size")
+    val_data = ShardLoader(args.data, "val", args.seq_len, seqs_per_step, args.seed, shuffle=False,
+                           vocab_size=vocab_size)
+    val_steps = min(args.val_steps, val_data.steps_per_epoch)
+    if args.eval_every and not val_steps:
+        print0(f"train_gpt2.py: notice: no val shard in {args.data}/ with a full batch - val loss off")
+    return train_data, val_data, val_steps
+
+
+def restore_state(raw: GPT, optimizer: torch.optim.Optimizer, ckpt: dict, cuda: bool) -> None:
+    """The weights, optimizer state and random state of a checkpoint, for an exact resume."""
+    raw.load_state_dict(ckpt["model"])
+    # The optimizer's state holds the moments and the settings they were saved with (lr, weight decay, ...). This
+    # run's options win over those settings, so a changed --weight-decay, --embed-lr or --head-lr applies from here.
+    settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    optimizer.load_state_dict(ckpt["optimizer"])
+    for group, options in zip(optimizer.param_groups, settings):
+        group.update(options)
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    if cuda and len(ckpt["rng"]["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+
+
+def announce(run: Run, config: GPTConfig, first_step: int) -> None:
+    """Print the options and the run's shape (with the other recipe's size for comparison), and log them."""
+    args, cuda = run.args, run.device.startswith("cuda")
+    print0(f"train_gpt2.py config: {json.dumps(vars(args))}")
+    other = next(r for r in RECIPES if r != args.recipe)
+    with torch.device("meta"):  # shapes only: no memory, no init
+        other_params = build_model(GPTConfig(**{**asdict(config), "recipe": other})).num_params()
+    print0(f"{args.recipe} recipe: {run.raw.num_params() / 1e6:.1f}M parameters ({other} at this size: "
+           f"{other_params / 1e6:.1f}M) | {run.world} process(es) on {run.device} | {run.accum} micro-steps "
+           f"of {args.batch_size} x {args.seq_len} per step | {run.train_data.steps_per_epoch} steps per epoch | "
+           f"{run.total_steps} steps scheduled")
+    device_name = torch.cuda.get_device_name(run.device) if cuda else run.device
+    run.log.event("config", step=first_step, config=vars(args), model_config=asdict(config), world_size=run.world,
+                  device=device_name, time=time.time())
+
+
 def start_run(args: argparse.Namespace) -> Run:
     """Processes, data, model, optimizer and logs of a run, continued from a checkpoint when there is one."""
     check_args(args, int(os.environ.get("WORLD_SIZE", "1")))
     if int(os.environ.get("RANK", "0")) == 0:
-        checkpoints.lock_log_dir(args.log_dir)  # before any GPU work: one run per folder, and a folder it can write
+        checkpoints.lock_log_dir(args.log_dir)  # before any GPU work: one run per folder, and it can write there
     rank, local_rank, world, device, is_master = setup_distributed(args.device)
     cuda = device.startswith("cuda")
+    # bf16 autocast runs the matmuls (TF32 what runs outside it); the weights and optimizer state stay fp32
     args.dtype = args.dtype or ("bfloat16" if cuda else "float32")
-    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if args.dtype == "bfloat16" \
-        else nullcontext()  # weights and optimizer state stay fp32; bf16 autocast runs the matmuls
+    autocast = nullcontext()
+    if args.dtype == "bfloat16":
+        autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
     if cuda:
-        torch.set_float32_matmul_precision("high")  # TF32 for whatever runs outside autocast
-    init = checkpoints.init_weights(args) if args.init_from else None  # (config, weights); args.n_* take its shape
+        torch.set_float32_matmul_precision("high")
+    # --init-from: (config, weights), and args.n_* take its shape
+    init = checkpoints.init_weights(args) if args.init_from else None
     config = init[0] if init else GPTConfig(block_size=args.seq_len, n_layer=args.n_layer, n_head=args.n_head,
                                             n_embd=args.n_embd, recipe=args.recipe)
-    if not Path(args.data).is_dir():
-        raise UserError(f"no data folder {args.data}/ - run python fineweb.py (or fineweb.py --demo for demo_shards/)")
-    train_data = ShardLoader(args.data, "train", args.seq_len, args.total_batch_size // args.seq_len, args.seed,
-                             vocab_size=config.vocab_size)
-    if train_data.steps_per_epoch == 0:
-        what = f"only {train_data.n_seqs * args.seq_len:,} tokens in training shards" if train_data.shards else \
-            "no training shards"
-        raise UserError(f"{args.data}/ has {what}, less than one step of --total-batch-size {args.total_batch_size} - "
-                        "run fineweb.py to write shards, or lower --total-batch-size")
-    val_data = ShardLoader(args.data, "val", args.seq_len, train_data.N, args.seed, shuffle=False,
-                           vocab_size=config.vocab_size)
-    val_steps = min(args.val_steps, val_data.steps_per_epoch)
-    if args.eval_every and not val_steps:
-        print0(f"train_gpt2.py: notice: no val shard in {args.data}/ with a full batch - val loss off")
-    total_steps = max(1, round(args.epochs * train_data.steps_per_epoch))  # the lr schedule spans all --epochs
-
+    train_data, val_data, val_steps = open_data(args, config.vocab_size)
+    # the lr schedule spans all --epochs; --max-steps may stop the run before its end
+    total_steps = max(1, round(args.epochs * train_data.steps_per_epoch))
     last_step = min(total_steps, args.max_steps) if args.max_steps else total_steps
 
     torch.manual_seed(args.seed)
     ckpt_path, ckpt, skipped = checkpoints.find_resume(args, config)
-    if ckpt is not None and ckpt["step"] >= last_step:  # before any GPU work: nothing is left to train
+    if ckpt is not None and ckpt["step"] >= last_step:  # nothing left to train: said before any GPU work
         raise AlreadyFinished(f"{ckpt_path} already trained step {ckpt['step']} of {last_step} - pass a larger "
                               "--epochs (or --max-steps) to train on, or another --log-dir to start a new run")
     raw = build_model(config)
@@ -635,35 +681,21 @@ def start_run(args: argparse.Namespace) -> Run:
     raw = raw.to(device)
     optimizer = make_optimizer(raw, args, device)
     if ckpt is not None:
-        raw.load_state_dict(ckpt["model"])
-        settings = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]  # the options'
-        optimizer.load_state_dict(ckpt["optimizer"])  # the moments, and the settings they were saved with...
-        for group, options in zip(optimizer.param_groups, settings):
-            group.update(options)  # ...which the options override: --weight-decay, --embed-lr, --head-lr, ...
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        if cuda and len(ckpt["rng"]["cuda"]) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+        restore_state(raw, optimizer, ckpt, cuda)
     if is_master:
         checkpoints.check_free_space(args.log_dir, raw)
+    # train and val run the compiled model at one shape; samples and HellaSwag use raw
     use_compile = args.compile if args.compile is not None else cuda
-    compiled = torch.compile(raw) if use_compile else raw  # train and val at one shape; samples/HellaSwag use raw
-    model = nn.parallel.DistributedDataParallel(compiled, device_ids=[local_rank] if cuda else None) \
-        if world > 1 else compiled
-    run = Run(args, rank, world, device, autocast, train_data, val_data, val_steps,
-              accum=args.total_batch_size // (args.batch_size * args.seq_len * world), total_steps=total_steps,
-              last_step=last_step, raw=raw,
-              compiled=compiled, model=model, optimizer=optimizer,
-              log=RunLog(args.log_dir, is_master and not args.preflight, args.wandb, vars(args)))
-    print0(f"train_gpt2.py config: {json.dumps(vars(args))}")
-    other = next(r for r in RECIPES if r != args.recipe)
-    with torch.device("meta"):  # shapes only: no memory, no init
-        other_params = build_model(GPTConfig(**{**asdict(config), "recipe": other})).num_params()
-    print0(f"{args.recipe} recipe: {raw.num_params() / 1e6:.1f}M parameters ({other} at this size: "
-           f"{other_params / 1e6:.1f}M) | {world} process(es) on {device} | {run.accum} micro-steps "
-           f"of {args.batch_size} x {args.seq_len} per step | {train_data.steps_per_epoch} steps per epoch | "
-           f"{total_steps} steps scheduled")
-    run.log.event("config", step=ckpt["step"] if ckpt else 0, config=vars(args), model_config=asdict(config),
-                  world_size=world, device=torch.cuda.get_device_name(device) if cuda else device, time=time.time())
+    compiled = torch.compile(raw) if use_compile else raw
+    model = compiled
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(compiled, device_ids=[local_rank] if cuda else None)
+    accum = args.total_batch_size // (args.batch_size * args.seq_len * world)
+    log = RunLog(args.log_dir, is_master and not args.preflight, args.wandb, vars(args))
+    run = Run(args, rank, world, device, autocast, train_data, val_data, val_steps, accum=accum,
+              total_steps=total_steps, last_step=last_step, raw=raw, compiled=compiled, model=model,
+              optimizer=optimizer, log=log)
+    announce(run, config, ckpt["step"] if ckpt else 0)
     if ckpt is not None:
         resume_notices(run, ckpt_path, ckpt, skipped)
     elif init:
@@ -717,7 +749,7 @@ def train(args: argparse.Namespace) -> int:
         if run.step == 0:
             run.evaluate(0)
         while run.step < run.last_step:
-            stop = run.optimizer_step()
+            stop = run.train_step()
             run.step += 1
             if not stop:  # a stop saves at once: torchrun's grace period is short
                 run.evaluate(run.step)
@@ -742,14 +774,15 @@ def train(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     args = get_args(argv)
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # HUP: the terminal of a foreground run went away
-        signal.signal(sig, interrupt if args.preflight else request_stop)  # a preflight has nothing to save
+    # SIGHUP: the terminal of a foreground run went away. A preflight has nothing to save: it stops at once.
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, interrupt if args.preflight else request_stop)
     ok = False
     try:
         code = preflight.preflight(args, start_run) if args.preflight else train(args)
         ok = True
     except UserError as e:
-        print(f"train_gpt2.py: {e}", file=sys.stderr)  # one line, as fineweb.fail says it
+        print(f"train_gpt2.py: {e}", file=sys.stderr)  # one line, as common.fail says it
         code = 1
     except Interrupted as e:
         print0(f"train_gpt2.py: preflight stopped by {e} - nothing was started", file=sys.stderr)

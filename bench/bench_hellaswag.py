@@ -22,10 +22,8 @@ from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import hellaswag  # noqa: E402
-from fineweb import (
-    get_tokenizer,  # noqa: E402
-    pick_device,  # noqa: E402
-)
+from common import pick_device  # noqa: E402
+from fineweb import get_tokenizer  # noqa: E402
 from model import GPT, MODEL_SIZES, GPTConfig  # noqa: E402
 from train_gpt2 import PRESETS  # noqa: E402
 

@@ -18,10 +18,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import infer  # noqa: E402
-from fineweb import (
-    get_tokenizer,  # noqa: E402
-    pick_device,  # noqa: E402
-)
+from common import pick_device  # noqa: E402
+from fineweb import get_tokenizer  # noqa: E402
 from model import GPT, MODEL_SIZES, GPTConfig  # noqa: E402
 
 

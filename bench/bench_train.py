@@ -1,7 +1,7 @@
 """
-Training speed of train_gpt2.py: tok/s, MFU and peak memory of its training step (train_gpt2.train_step: bf16
-autocast on CUDA, fused AdamW or Muon + AdamW, gradient clipping) on synthetic tokens, one process, with torch.compile
-on and off, for either --recipe. No data, no download.
+Training speed of train_gpt2.py: tok/s, MFU and peak memory of its training step (Run.train_step: bf16 autocast on
+CUDA, fused AdamW or Muon + AdamW, gradient clipping) on synthetic tokens, one process, with torch.compile on and off,
+for either --recipe. No data, no download.
 
     python bench/bench_train.py                                   # d12 at 64 x 1024 on CUDA (or what --device finds)
     python bench/bench_train.py --batch-size 32 --compile         # compiled only
@@ -13,10 +13,11 @@ peak device memory allocated (CUDA).
 """
 
 import argparse
+import io
 import statistics
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import nullcontext, redirect_stdout
 from pathlib import Path
 
 import torch
@@ -24,6 +25,19 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import train_gpt2  # noqa: E402
 from model import MODEL_SIZES, RECIPES, GPTConfig, build_model, flops_per_token, peak_flops  # noqa: E402
+
+
+class SyntheticBatches:
+    """In place of train_gpt2.ShardLoader: the same random tokens every micro-step, copied as a real batch is."""
+    steps_per_epoch = 1
+
+    def __init__(self, tokens: torch.Tensor):
+        self.tokens = tokens
+
+    def batch(self, step: int, micro: int, rank: int, world_size: int, batch_size: int,
+              device: str) -> tuple[torch.Tensor, torch.Tensor]:
+        buf = self.tokens.to(device, non_blocking=True)  # the copy a real step makes
+        return buf[:, :-1], buf[:, 1:]
 
 
 def bench(args: argparse.Namespace, device: str,
@@ -35,7 +49,9 @@ def bench(args: argparse.Namespace, device: str,
     config = GPTConfig(block_size=args.seq_len, n_layer=n_layer, n_head=n_head, n_embd=n_embd, recipe=args.recipe)
     raw = build_model(config).to(device)
     model = torch.compile(raw) if use_compile else raw
-    optimizer = train_gpt2.make_optimizer(raw, train_gpt2.get_args(["--recipe", args.recipe]), device)
+    opt_args = train_gpt2.get_args(["--recipe", args.recipe, "--batch-size", str(args.batch_size), "--seq-len",
+                                    str(args.seq_len), "--total-batch-size", str(args.batch_size * args.seq_len)])
+    optimizer = train_gpt2.make_optimizer(raw, opt_args, device)
     cuda = device.startswith("cuda")
     if cuda:
         torch.cuda.empty_cache()
@@ -45,15 +61,15 @@ def bench(args: argparse.Namespace, device: str,
     if cuda:
         tokens = tokens.pin_memory()
 
-    def next_batch(micro: int) -> tuple[torch.Tensor, torch.Tensor]:
-        buf = tokens.to(device, non_blocking=True)  # the copy a real step makes
-        return buf[:, :-1], buf[:, 1:]
-
+    run = train_gpt2.Run(opt_args, 0, 1, device, autocast, SyntheticBatches(tokens), None, 0, accum=1,
+                         total_steps=1000, last_step=1000, raw=raw, compiled=model, model=model, optimizer=optimizer,
+                         log=train_gpt2.RunLog("", False, None, {}))
     times = []
     for i in range(args.warmup + args.steps):
         t0 = time.perf_counter()
-        loss, norm = train_gpt2.train_step(model, raw, optimizer, next_batch, 1, autocast, 1.0, 6e-4)
-        loss.item()  # the one sync per step, as in training
+        run.step = i
+        with redirect_stdout(io.StringIO()):  # the step's own log line: this prints a summary instead
+            run.train_step()  # ends with the step's one host sync, as in training
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
     dt = statistics.median(times)

@@ -54,3 +54,21 @@ def tiny_shards(tmp_path_factory) -> Path:
     for i in range(4):
         fineweb.write_shard(out / fineweb.shard_name(i), rng.integers(0, 2000, 3000, dtype=np.uint16))
     return out
+
+
+@pytest.fixture
+def step_run(tmp_path):
+    """Makes a train_gpt2.Run around a model, its optimizer and a loader, for calling Run.train_step directly: one
+    process on the CPU, the options from train_gpt2.py flags, the step log in tmp_path/metrics.jsonl."""
+    from contextlib import nullcontext
+
+    import train_gpt2
+
+    def make(model, optimizer, data, *flags: str, autocast=None) -> "train_gpt2.Run":
+        autocast = autocast or nullcontext()
+        args = train_gpt2.get_args(["--log-dir", str(tmp_path), *flags])
+        accum = args.total_batch_size // (args.batch_size * args.seq_len)
+        log = train_gpt2.RunLog(str(tmp_path), True, None, {})
+        return train_gpt2.Run(args, 0, 1, "cpu", autocast, data, data, 0, accum, total_steps=1000, last_step=1000,
+                              raw=model, compiled=model, model=model, optimizer=optimizer, log=log)
+    return make

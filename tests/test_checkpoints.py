@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import fineweb
 import infer
 import train_gpt2
 from checkpoints import load_model
-from fineweb import UserError
+from common import UserError
 from model import GPT, GPTConfig
 from train_gpt2 import get_lr
 
@@ -343,14 +342,15 @@ def test_init_from_starts_a_new_run_at_step_0_from_those_weights(tmp_path, shard
 
 # --- bad settings ---
 
-def test_grad_clip_0_means_no_clipping_and_a_negative_one_is_an_error():
-    def one_step(clip: float) -> torch.Tensor:
+def test_grad_clip_0_means_no_clipping_and_a_negative_one_is_an_error(tiny_shards, step_run):
+    def one_step(clip: str) -> torch.Tensor:
         model = tiny_model()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
-        x = torch.randint(0, 2000, (2, 16), generator=torch.Generator().manual_seed(0))
-        train_gpt2.train_step(model, model, opt, lambda m: (x, x), 1, nullcontext(), clip, 1e-2)
+        data = train_gpt2.ShardLoader(str(tiny_shards), "train", 16, 2, seed=0)
+        step_run(model, opt, data, "--grad-clip", clip, "--lr", "1e-2", "--warmup-steps", "1", "--seq-len", "16",
+                 "--batch-size", "2", "--total-batch-size", "32").train_step()
         return model.lm_head.weight.detach().clone()
-    assert torch.equal(one_step(0.0), one_step(float("inf")))
+    assert torch.equal(one_step("0"), one_step("inf"))
     assert not torch.equal(one_step(0.0), tiny_model().lm_head.weight)
     with pytest.raises(UserError, match="--grad-clip"):
         train_gpt2.check_args(train_gpt2.get_args(["--grad-clip", "-1"]), 1)

@@ -19,7 +19,7 @@ import hellaswag
 import infer
 import train_gpt2
 from checkpoints import load_model
-from fineweb import UserError
+from common import UserError
 from model import GPT, GPT2_VOCAB, GPTConfig, KVCache, ModernGPT, build_model
 from optim import Muon, orthogonalise
 

@@ -19,7 +19,7 @@ import infer
 import model as model_py
 import preflight as preflight_py
 import train_gpt2
-from fineweb import UserError
+from common import UserError
 from model import GPT, ChunkedCrossEntropy, GPTConfig, KVCache, peak_flops
 from train_gpt2 import ShardLoader
 
@@ -151,14 +151,18 @@ def tiny_model() -> GPT:
     return GPT(GPTConfig(block_size=64, n_layer=2, n_head=2, n_embd=32))
 
 
-def test_bf16_autocast_trains_validates_and_scores_hellaswag_on_cpu(shards):
+def test_bf16_autocast_trains_validates_and_scores_hellaswag_on_cpu(shards, step_run, tmp_path):
     model = tiny_model()
     optimizer = train_gpt2.make_optimizer(model, train_gpt2.get_args([]), "cpu")
     loader = ShardLoader(str(shards), "train", 32, 8, seed=0)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16)
-    losses = [train_gpt2.train_step(model, model, optimizer, lambda m, s=s: loader.batch(s, m, 0, 1, 4, "cpu"), 2,
-                                    autocast, 1.0, 1e-2)[0].item() for s in range(4)]
-    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+    run = step_run(model, optimizer, loader, "--seq-len", "32", "--batch-size", "4", "--total-batch-size", "256",
+                   "--lr", "1e-2", "--warmup-steps", "1", autocast=autocast)
+    for step in range(4):  # 2 micro-steps each
+        run.step = step
+        run.train_step()
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 4 and all(np.isfinite(losses)) and losses[-1] < losses[0]
     assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast leaves the weights fp32
     val = ShardLoader(str(shards), "val", 32, 8, seed=0, shuffle=False)
     with torch.no_grad(), autocast:

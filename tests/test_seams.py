@@ -22,7 +22,7 @@ import hellaswag
 import infer
 import train_gpt2
 from checkpoints import load_model
-from fineweb import UserError
+from common import UserError
 from model import GPTConfig, build_model
 
 ROOT = Path(__file__).resolve().parents[1]
