@@ -895,8 +895,8 @@ def fetch_shard(dataset: str, revision: str, name: str, listed: dict, out: Path,
             path = Path(hf_hub_download(dataset, name, repo_type="dataset", revision=revision,
                                         local_dir=out / STAGING, tqdm_class=_bar_into(bar)))
             problem = check_bin_shard(path, listed["size"], listed["sha256"])
-        except OSError as e:  # without an errno: huggingface_hub's own check of the size (it removed the file)
-            if e.errno is not None:
+        except OSError as e:
+            if type(e) is not OSError or e.errno is not None:  # not huggingface_hub's own check of the size
                 raise
             path, problem = None, first_line(e)
         if problem is None:

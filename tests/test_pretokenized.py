@@ -56,8 +56,9 @@ def flipped(data: bytes) -> bytes:
 class Hub(http.server.ThreadingHTTPServer):
     """The stand-in Hub. `commits` maps each commit to its files; "main" is `main`. Misbehaviour, per file name:
     `flips` (times still to serve it with one byte flipped), `served` (other bytes served instead; their size is in
-    the resolve headers too when `served_in_headers`), `before_body` (called before its bytes go out), `hold` (its
-    body stops halfway, `reached` is set, and it waits for `release`)."""
+    the resolve headers too when `served_in_headers`), `before_body` (called before its bytes go out), `drops` (times
+    still to drop the connection 1 kB before its end), `hold` (its body stops halfway, `reached` is set, and it waits
+    for `release`)."""
 
     daemon_threads = True
 
@@ -65,12 +66,14 @@ class Hub(http.server.ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), HubHandler)
         self.commits, self.main = {FIRST: dict(files)}, FIRST
         self.flips: collections.Counter = collections.Counter()
+        self.drops: collections.Counter = collections.Counter()
         self.served: dict[str, bytes] = {}
         self.served_in_headers = True
         self.before_body: dict[str, object] = {}
         self.hold: str | None = None
         self.reached, self.release = threading.Event(), threading.Event()
         self.log: list[tuple[str, str]] = []  # (method, path) of every request
+        self.ranges: list[tuple[str, str]] = []  # (file, Range header) of every ranged request for a file
         self.lock = threading.Lock()
 
     @property
@@ -171,6 +174,8 @@ class HubHandler(http.server.BaseHTTPRequestHandler):
         start = 0
         if m := re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", "")):
             start = int(m[1])
+            with hub.lock:
+                hub.ranges.append((name, m[0]))
         headers = {"Content-Type": "application/octet-stream", "Accept-Ranges": "bytes", "ETag": f'"{commit}"'}
         if start:
             headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
@@ -179,7 +184,10 @@ class HubHandler(http.server.BaseHTTPRequestHandler):
             return
         if name in hub.before_body:
             hub.before_body[name]()
-        if name != hub.hold:
+        with hub.lock:
+            drop = hub.drops[name] > 0
+            hub.drops[name] -= drop
+        if name != hub.hold and not drop:
             self.send(206 if start else 200, headers, data[start:])
             return
         self.send_response(200)
@@ -187,8 +195,12 @@ class HubHandler(http.server.BaseHTTPRequestHandler):
             self.send_header(k, v)
         self.end_headers()
         try:
-            self.wfile.write(data[:len(data) // 2])
+            self.wfile.write(data[:len(data) - 1024] if drop else data[:len(data) // 2])
             self.wfile.flush()
+            if drop:  # the connection breaks: the client has most of the file and a promise of all of it
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
             hub.reached.set()
             hub.release.wait(120)
             self.wfile.write(data[len(data) // 2:])
@@ -346,6 +358,21 @@ def test_ctrl_c_midway_keeps_finished_shards_and_the_rerun_never_fetches_them_ag
     assert f"{out}: resuming: 2 of 4 shards already here" in proc.stdout
     assert hub.downloads() == {VAL: 1, T1: 1, T2: 2, T3: 1}
     assert same_as_hub(out, hub, [VAL, T1, T2, T3]) and not (out / fineweb.STAGING).exists()
+
+
+def test_a_connection_dropped_midway_through_a_shard_resumes_where_it_stopped(tmp_path, hub):
+    """huggingface_hub asks for the rest of the file from the last block it wrote (a Range request: its blocks are
+    10 MB, so this shard is 24 MB); the shard is whole and passes its check."""
+    big = bin_shard(np.random.default_rng(2).integers(0, fineweb.GPT2_VOCAB, 12_000_000))
+    hub.commits[FIRST][T2] = big
+    hub.drops[T2] = 1
+    out = tmp_path / "out"
+    proc = fetch(hub.endpoint, out)
+    assert proc.returncode == 0, proc.stderr
+    [(name, ranged)] = hub.ranges
+    assert name == T2 and 0 < int(ranged.removeprefix("bytes=").removesuffix("-")) < len(big) - 1024
+    assert hub.downloads() == {VAL: 1, T1: 1, T2: 2, T3: 1}
+    assert same_as_hub(out, hub, [VAL, T1, T2, T3])
 
 
 def test_a_shard_with_one_flipped_byte_is_deleted_and_fetched_again_once(tmp_path, hub):
