@@ -879,7 +879,11 @@ def _bar_into(bar) -> type:
         def update(self, n: float | None = 1) -> None:
             bar.update(n)
 
-        def update_transfer(self, n: float | None = 1) -> None:  # bytes received: update() counts them once written
+        # xet downloads also report the bytes received, which update() counts once they are written
+        def update_transfer(self, n: float | None = 1) -> None:
+            pass
+
+        def set_transfer_postfix_str(self, s: str = "", refresh: bool = True) -> None:
             pass
 
     return FileBar

@@ -285,6 +285,29 @@ def test_max_tokens_picks_the_val_shard_and_the_first_train_shards_that_hold_tha
     assert fineweb.pick_files(files, 10**12) == [VAL, T1, T2, T3]
 
 
+def test_huggingface_hubs_per_file_bars_feed_the_one_bar_plain_or_xet():
+    """The tqdm class fetch_shard hands huggingface_hub adds each file's bytes written to the one bar over all files,
+    from a plain HTTP download and from an Xet one (whose reporter also counts bytes received: not added twice)."""
+    import io
+    import logging
+    import types
+
+    from huggingface_hub.utils._xet_progress_reporting import XetDownloadProgressReporter
+    from tqdm import tqdm
+    bar = tqdm(total=10_000, file=io.StringIO())
+    file_bar = fineweb._bar_into(bar)
+    with file_bar(total=1000, initial=0, desc="plain", unit="B", unit_scale=True) as plain:  # as http_get makes it
+        plain.update(600)
+        plain.update_transfer(600)
+    assert bar.n == 600
+    report = types.SimpleNamespace(total_bytes=1000, total_bytes_completed=300, total_transfer_bytes_completed=250,
+                                   total_bytes_completion_rate=None, total_transfer_bytes_completion_rate=None)
+    with XetDownloadProgressReporter(reconstruction_desc="xet", total=1000, log_level=logging.INFO,
+                                     tqdm_class=file_bar) as xet:
+        xet.update_progress(report)
+    assert bar.n == 900
+
+
 def test_training_refuses_a_folder_with_both_kinds_of_shards_in_one_line(tmp_path, hub):
     fineweb.write_shard(tmp_path / fineweb.shard_name(0), np.arange(5))
     fineweb.write_shard(tmp_path / fineweb.shard_name(1), np.arange(5))
