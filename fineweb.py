@@ -19,7 +19,8 @@ checked for room (about 21 GB for sample-10BT, 210 GB for sample-100BT, 2 bytes 
 finewebedu_train_000001..000099.bin, tokenized as above) with huggingface_hub into the same folder. Each file comes
 down into OUT/.download/ and is moved in under its name only once checked: its SHA-256 against the one the Hub lists,
 its header, its size, its token ids; a bad one is fetched once more. The first run pins the dataset's revision in
-OUT/.pretokenized.json; a rerun fetches only the shards still missing (a shard cut off midway starts over).
+OUT/.pretokenized.json; a rerun fetches only the shards still missing. (A dropped connection resumes within the
+shard; a shard cut off by a stopped run starts over: at most 200 MB.)
 
 This file also owns the GPT-2 tokenizer (get_tokenizer) and the shard format (write_shard / read_shard) that
 the other scripts import.
