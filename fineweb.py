@@ -4,6 +4,7 @@ Tokenize a text corpus with the GPT-2 BPE into uint16 token shards for train_gpt
     python fineweb.py                      # FineWeb-Edu sample-10BT -> edu_fineweb10B/ (~100 shards of 100M tokens)
     python fineweb.py --demo               # English text shipped inside Python -> demo_shards/, offline, in seconds
     python fineweb.py --dataset my_texts/  # local parquet / jsonl / txt files, same pipeline
+    python fineweb.py --pretokenized       # or download FineWeb-Edu 10B already tokenized: minutes, ~20 GB
 
 Every document is preceded by <|endoftext|> (50256). Shard 0 is validation, the rest training, saved as
 edufineweb_{val,train}_{index:06d}.npy (the layout other GPT-2 reproduction scripts use). The run is resumable:
@@ -13,6 +14,13 @@ the local files' names and sizes) and records each shard's size and where it sta
 dataset's own streaming state, so a rerun reads on from the row group it reached instead of streaming everything
 again, and rebuilds any finished shard that went missing or was damaged. Before starting, the output disk is
 checked for room (about 21 GB for sample-10BT, 210 GB for sample-100BT, 2 bytes per --max-tokens token).
+
+--pretokenized downloads llm.c's FineWeb-Edu 10B shards (kjj0/finewebedu10B-gpt2: finewebedu_val_000000.bin and
+finewebedu_train_000001..000099.bin, tokenized as above) with huggingface_hub into the same folder. Each file comes
+down into OUT/.download/ and is moved in under its name only once checked: its SHA-256 against the one the Hub lists,
+its header, its size, its token ids; a bad one is fetched once more. The first run pins the dataset's revision in
+OUT/.pretokenized.json; a rerun fetches only the shards still missing. (A dropped connection resumes within the
+shard; a shard cut off by a stopped run starts over: at most 200 MB.)
 
 This file also owns the GPT-2 tokenizer (get_tokenizer) and the shard format (write_shard / read_shard) that
 the other scripts import.
@@ -206,12 +214,15 @@ def read_shard(path: str | Path) -> np.ndarray:
 
 
 def list_shards(folder: str | Path, split: str) -> list[Path]:
-    """The finished shards of one split ('train' or 'val') in a folder, in order (.npy, else llm.c .bin)."""
+    """The finished shards of one split ('train' or 'val') in a folder, in order: our .npy files or llm.c .bin files.
+    UserError when the folder holds both kinds: which of them to train on would be a guess."""
     folder = Path(folder)
-    shards = sorted(p for p in folder.glob("*.npy") if f"_{split}_" in p.name and not p.name.startswith("."))
-    if not shards:
-        shards = sorted(p for p in folder.glob("*.bin") if f"_{split}_" in p.name and not p.name.startswith("."))
-    return shards
+    npy, bins = (sorted(p for p in folder.glob(f"*{ext}") if re.search(r"_(train|val)_", p.name)
+                        and not p.name.startswith(".")) for ext in (".npy", ".bin"))
+    if npy and bins:
+        raise UserError(f"{folder} holds both .npy shards (tokenized by fineweb.py) and .bin shards (downloaded with "
+                        "fineweb.py --pretokenized); keep one kind in it and move the other to a folder of its own")
+    return [p for p in npy or bins if f"_{split}_" in p.name]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -487,6 +498,19 @@ def expected_tokens(args: argparse.Namespace) -> int | None:
     return sample
 
 
+def make_output_folder(folder: str) -> Path:
+    """Create the output folder if need be, and make sure we can write in it."""
+    out = Path(folder)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write_test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"cannot write to output folder {out}: {e.strerror}") from None
+    return out
+
+
 def check_free_space(out: Path, tokens: int) -> None:
     """Stop before starting when the disk of `out` cannot take `tokens` more tokens."""
     need = int(2 * tokens * DISK_HEADROOM)
@@ -510,8 +534,8 @@ def _source_config(args: argparse.Namespace) -> dict:
             "shard_size": args.shard_size, "max_tokens": args.max_tokens}
 
 
-def _save_state(out: Path, state: dict) -> None:
-    path, tmp = out / STATE_FILE, out / (STATE_FILE + ".tmp")
+def _save_state(out: Path, state: dict, name: str = STATE_FILE) -> None:
+    path, tmp = out / name, out / (name + ".tmp")
     text = json.dumps(state, indent=1)
     try:
         tmp.write_text(text)
@@ -530,6 +554,9 @@ def _load_state(out: Path, config: dict) -> dict:
     if not path.exists():
         if any(out.glob(f"{SHARD_PREFIX}_*.npy")):
             raise UserError(f"{out} has shards but no {STATE_FILE}; use an empty --out folder or delete those shards")
+        if any(out.glob("*.bin")) or (out / ".pretokenized.json").exists():
+            raise UserError(f"{out} holds .bin shards downloaded with --pretokenized; tokenize into another --out "
+                            "(training reads one kind of shard per folder)")
         return fresh
     try:
         state = json.loads(path.read_text())
@@ -650,14 +677,7 @@ def _report(args: argparse.Namespace, out: Path, state: dict) -> None:
 def build_shards(args: argparse.Namespace, docs: Iterable[str] | None = None) -> dict:
     """Tokenize the input into shards in args.out. A rerun first rebuilds finished shards that went missing or do not
     match the state file, then resumes an unfinished prep where it stopped. Returns the state."""
-    out = Path(args.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write_test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise UserError(f"cannot write to output folder {out}: {e.strerror}") from None
+    out = make_output_folder(args.out)
     state = _load_state(out, _source_config(args))
     source = _source_identity(args, state["input"])
     if state["input"] is not None and source != state["input"]:
@@ -705,35 +725,294 @@ def build_shards(args: argparse.Namespace, docs: Iterable[str] | None = None) ->
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# --pretokenized: FineWeb-Edu 10B already tokenized for GPT-2, downloaded as llm.c .bin shards
+
+PRETOKENIZED = "kjj0/finewebedu10B-gpt2"  # finewebedu_val_000000.bin, finewebedu_train_000001..000099.bin: ~20 GB
+PRETOKENIZED_STATE = ".pretokenized.json"  # in --out: the dataset, the revision pinned, each file's size and SHA-256
+STAGING = ".download"  # in --out: files come down and are checked here, where list_shards never looks
+BIN_NAME = re.compile(r"[^/]*_(val|train)_(\d{6})\.bin")
+CHECK_BLOCK = 16 * 2**20  # bytes check_bin_shard reads at a time
+
+
+def bin_tokens(size: int) -> int:
+    """The tokens an llm.c shard of `size` bytes holds."""
+    return (size - BIN_HEADER_INTS * 4) // 2
+
+
+def check_bin_shard(path: Path, size: int, sha256: str) -> str | None:
+    """What is wrong with a downloaded llm.c shard, or None: its size and SHA-256 against the Hub's listing, its
+    header's magic and version, its size against the header's token count, and every token id below GPT2_VOCAB.
+    The file is read once, in blocks."""
+    actual = path.stat().st_size
+    if actual != size:
+        return f"it has {actual:,} bytes, the Hub lists {size:,}"
+    digest, top = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        head = f.read(BIN_HEADER_INTS * 4)
+        digest.update(head)
+        header = np.frombuffer(head, dtype="<i4")
+        if len(header) < 3 or header[0] != BIN_MAGIC or header[1] != BIN_VERSION:
+            return "it is not an llm.c token shard (bad magic or version in its header)"
+        if actual != len(head) + 2 * int(header[2]):
+            return f"its header says {int(header[2]):,} tokens, which is not its size of {actual:,} bytes"
+        while block := f.read(CHECK_BLOCK):
+            digest.update(block)
+            top = max(top, int(np.frombuffer(block, dtype="<u2").max()))
+    if digest.hexdigest() != sha256:
+        return "its SHA-256 is not the one the Hub lists"
+    if top >= GPT2_VOCAB:
+        return f"it holds token id {top}, not a GPT-2 id (below {GPT2_VOCAB})"
+    return None
+
+
+def hub_listing(dataset: str, revision: str | None) -> tuple[str, dict[str, dict]]:
+    """The dataset's commit at `revision` (None: its newest) and its llm.c shards in order, val first:
+    {name: {"size": bytes, "sha256": the SHA-256 the Hub lists for the file}}."""
+    from huggingface_hub import HfApi
+    info = HfApi().dataset_info(dataset, revision=revision, files_metadata=True)
+    files = {}
+    for f in info.siblings or []:
+        if BIN_NAME.fullmatch(f.rfilename):
+            if f.lfs is None or f.size is None:
+                raise UserError(f"the Hub lists no size and SHA-256 for {f.rfilename} in {dataset}, "
+                                "so it cannot be checked")
+            files[f.rfilename] = {"size": f.size, "sha256": f.lfs.sha256}
+    names = sorted(files, key=lambda n: int(BIN_NAME.fullmatch(n)[2]))
+    if not names or "_val_" not in names[0] or not any("_train_" in n for n in names):
+        raise UserError(f"{dataset} (revision {info.sha[:12]}) has no llm.c token shards (*_val_*.bin and "
+                        "*_train_*.bin); check --dataset")
+    return info.sha, {n: files[n] for n in names}
+
+
+def pick_files(files: dict[str, dict], max_tokens: int | None) -> list[str]:
+    """The val shard, then the train shards in order: all of them, or the first that hold max_tokens tokens."""
+    picked, tokens = [], 0
+    for name, f in files.items():
+        if "_train_" in name and max_tokens is not None and tokens >= max_tokens:
+            break
+        picked.append(name)
+        tokens += bin_tokens(f["size"]) if "_train_" in name else 0
+    return picked
+
+
+def _whole(path: Path, size: int) -> bool:
+    """A cheap look at a finished shard: there, of its listed size, with a sound header."""
+    try:
+        return path.stat().st_size == size and len(read_shard(path)) == bin_tokens(size)
+    except (OSError, UserError):
+        return False
+
+
+def _pretokenized_state(out: Path, dataset: str) -> dict | None:
+    """The state file of an earlier download into `out` (None when there is none), refused when it is another's."""
+    if (out / STATE_FILE).exists() or any(out.glob(f"{SHARD_PREFIX}_*.npy")):
+        raise UserError(f"{out} holds shards tokenized by fineweb.py; download into another --out "
+                        "(training reads one kind of shard per folder)")
+    path = out / PRETOKENIZED_STATE
+    if not path.exists():
+        if any(p for p in out.glob("*.bin") if BIN_NAME.fullmatch(p.name)):
+            raise UserError(f"{out} has .bin shards but no {PRETOKENIZED_STATE}; use an empty --out folder or delete "
+                            "those shards")
+        return None
+    try:
+        state = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise UserError(f"{path} is corrupt; delete {out} and start again") from None
+    if state.get("dataset") != dataset:
+        raise UserError(f"{out} holds shards downloaded from {state.get('dataset')}; use another --out")
+    return state
+
+
+def _bar_into(bar) -> type:
+    """A tqdm class for huggingface_hub's per-file progress bar: it shows nothing and adds its bytes to `bar`."""
+    from tqdm import tqdm
+
+    class FileBar(tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**kwargs, "disable": True})
+
+        def update(self, n: float | None = 1) -> None:
+            bar.update(n)
+
+        # xet downloads also report the bytes received, which update() counts once they are written
+        def update_transfer(self, n: float | None = 1) -> None:
+            pass
+
+        def set_transfer_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+            pass
+
+    return FileBar
+
+
+def fetch_shard(dataset: str, revision: str, name: str, listed: dict, out: Path, bar) -> None:
+    """Download one shard into out/.download/ with huggingface_hub, check it, and move it into `out`. A shard that
+    fails its check is deleted and fetched once more; a second failure raises UserError."""
+    from huggingface_hub import hf_hub_download
+    start = bar.n
+    for attempt in range(2):
+        try:
+            path = Path(hf_hub_download(dataset, name, repo_type="dataset", revision=revision,
+                                        local_dir=out / STAGING, tqdm_class=_bar_into(bar)))
+            problem = check_bin_shard(path, listed["size"], listed["sha256"])
+        except OSError as e:
+            if type(e) is not OSError or e.errno is not None:  # not huggingface_hub's own check of the size
+                raise
+            path, problem = None, first_line(e)
+        if problem is None:
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(path, out / name)
+            bar.n = start + listed["size"]
+            bar.refresh()
+            return
+        if path is not None:
+            path.unlink()
+        bar.n = start
+        bar.refresh()
+        if attempt == 0:
+            bar.write(f"fineweb.py: {name} failed its check ({problem}); deleted, fetching it again", file=sys.stderr)
+    raise UserError(f"{name} failed its check twice ({problem}), so the copy on the Hub looks damaged; nothing of it "
+                    f"was kept. Tell the owner of {dataset}, or tokenize FineWeb-Edu yourself: python fineweb.py")
+
+
+def _download_failed(e: Exception, dataset: str, revision: str | None, out: Path) -> str:
+    """One line for what stopped a download, and what to do."""
+    import httpx
+    from huggingface_hub import constants, errors
+    if isinstance(e, errors.OfflineModeIsEnabled):
+        return "HF_HUB_OFFLINE is set, so nothing can be downloaded; unset it and run again"
+    if isinstance(e, errors.RepositoryNotFoundError):
+        return (f"dataset {dataset} is not on the Hugging Face Hub (renamed, removed or private?); give its new name "
+                "with --dataset, or tokenize FineWeb-Edu yourself: python fineweb.py")
+    if isinstance(e, errors.RevisionNotFoundError):
+        return (f"revision {revision} of {dataset}, the one this download started with and pins, is gone from the "
+                f"Hub; use another --out to download its newest revision")
+    if isinstance(e, errors.EntryNotFoundError):
+        return f"a file of {dataset} at revision {revision} is gone from the Hub ({first_line(e)}); use another --out"
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"disk full: {out} has {_size(shutil.disk_usage(out).free)} free; free some space"
+    if isinstance(e, (httpx.HTTPError, errors.LocalEntryNotFoundError, ConnectionError, TimeoutError)):
+        return (f"cannot reach the Hugging Face Hub at {constants.ENDPOINT} ({first_line(e)}); check the network "
+                "connection")
+    return f"downloading from {dataset} failed: {first_line(e)}"
+
+
+def download_pretokenized(args: argparse.Namespace) -> dict:
+    """--pretokenized: download the llm.c shards of args.dataset into args.out, each checked before it is moved in
+    under its name. The first run pins the dataset's revision in the state file; a rerun fetches only what is
+    missing or damaged (no request at all when nothing is). Returns the state."""
+    out = make_output_folder(args.out)
+    _hf_transfer_guard()
+    revision = None
+    try:
+        state = _pretokenized_state(out, args.dataset)
+        listed = state is None
+        if listed:
+            revision, files = hub_listing(args.dataset, None)
+            state = {"dataset": args.dataset, "revision": revision, "files": files}
+            _save_state(out, state, PRETOKENIZED_STATE)
+        revision, files = state["revision"], state["files"]
+        wanted = pick_files(files, args.max_tokens)
+        damaged = [n for n in wanted if (out / n).exists() and not _whole(out / n, files[n]["size"])]
+        for name in damaged:  # under its final name, a damaged file would look finished to training
+            (out / name).unlink()
+        todo = [n for n in wanted if not (out / n).exists()]
+        if todo and not listed:
+            hub_listing(args.dataset, revision)  # the pinned revision is still there, and the Hub answers
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(_download_failed(e, args.dataset, revision, out)) from None
+    if damaged:
+        print(f"{out}: {len(damaged)} finished shards damaged ({', '.join(damaged[:3])}); fetching them again")
+    total, need = sum(files[n]["size"] for n in wanted), sum(files[n]["size"] for n in todo)
+    if not todo:
+        print(f"{out}: already complete ({len(wanted)} shards checked)")
+    elif len(todo) < len(wanted):
+        print(f"{out}: resuming: {len(wanted) - len(todo)} of {len(wanted)} shards already here")
+    free = shutil.disk_usage(out).free
+    if need > free:
+        raise UserError(f"not enough disk space: {out} has {_size(free)} free, the {len(todo)} shards still to "
+                        f"download need {_size(need)}; free some space or use a bigger volume")
+    if todo:
+        _fetch_all(args.dataset, revision, files, todo, out, total - need, total)
+    shutil.rmtree(out / STAGING, ignore_errors=True)
+    _report_download(out, state)
+    return state
+
+
+def _fetch_all(dataset: str, revision: str, files: dict, todo: list[str], out: Path, have: int, total: int) -> None:
+    """fetch_shard for each of `todo`, under one progress bar over all the bytes; a stop or a failure is said in one
+    line with what was kept."""
+    from tqdm import tqdm
+    bar = tqdm(total=total, initial=have, unit="B", unit_scale=True, desc=str(out), dynamic_ncols=True,
+               mininterval=1.0, smoothing=0.05)
+    with bar:
+        for name in todo:
+            try:
+                fetch_shard(dataset, revision, name, files[name], out, bar)
+            except (KeyboardInterrupt, Exception) as e:  # KeyboardInterrupt: Ctrl-C, or SIGTERM (see main)
+                kept = sum((out / n).exists() for n in files)
+                again = f"{kept} finished shards kept in {out}. Run the same command again to resume."
+                if isinstance(e, KeyboardInterrupt):
+                    why = "interrupted"
+                elif isinstance(e, UserError):
+                    why = str(e)
+                else:
+                    why = f"downloading {name}: {_download_failed(e, dataset, revision, out)}"
+                raise UserError(f"{why}; {again}") from None
+
+
+def _report_download(out: Path, state: dict) -> None:
+    """Say what the folder holds (all its shards: an earlier run may have asked for more than this one)."""
+    here = [n for n in state["files"] if (out / n).exists()]
+    val = sum(bin_tokens(state["files"][n]["size"]) for n in here if "_val_" in n)
+    train = sum(bin_tokens(state["files"][n]["size"]) for n in here if "_train_" in n)
+    print(f"{out}: {len(here)} shards from {state['dataset']} (revision {state['revision'][:12]}), each checked: "
+          f"{val:,} val tokens and {train:,} train tokens")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # command line
 
 def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Tokenize a corpus into GPT-2 uint16 token shards.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     # what to read
-    p.add_argument("--dataset", default="HuggingFaceFW/fineweb-edu",
-                   help="Hugging Face Hub dataset id, or a local directory / file(s) of .parquet, .jsonl/.json or .txt")
+    p.add_argument("--dataset", default=None,
+                   help="Hugging Face Hub dataset id, or a local directory / file(s) of .parquet, .jsonl/.json or .txt "
+                        f"(default: HuggingFaceFW/fineweb-edu, or {PRETOKENIZED} with --pretokenized)")
     p.add_argument("--name", default="sample-10BT", help="hub dataset config (ignored for local files)")
     p.add_argument("--text-column", default="text", help="column holding the document text")
     p.add_argument("--demo", action="store_true",
                    help=f"tokenize English text shipped inside Python (no download); writes to {DEMO_OUT}/")
+    p.add_argument("--pretokenized", action="store_true",
+                   help="download FineWeb-Edu 10B already tokenized for GPT-2 (llm.c .bin shards, ~20 GB, each "
+                        "checked against the Hub's SHA-256) instead of tokenizing it here")
     # what to write
     p.add_argument("--out", default=None, help=f"output folder (default: edu_fineweb10B, or {DEMO_OUT} with --demo)")
     p.add_argument("--shard-size", type=int, default=None,
                    help=f"tokens per shard (default: 100M, or {DEMO_SHARD_SIZE} with --demo)")
-    p.add_argument("--max-tokens", type=int, default=None, help="stop after this many tokens (a quick subset)")
+    p.add_argument("--max-tokens", type=int, default=None,
+                   help="stop after this many tokens (a quick subset); with --pretokenized: the val shard and the "
+                        "first train shards that hold this many")
     # how
     p.add_argument("--workers", type=int, default=default_workers(),
                    help="tokenizer processes; the default is RUNPOD_CPU_COUNT, else the cgroup CPU quota, "
                         "else the CPUs this process may run on")
     p.add_argument("--batch-docs", type=int, default=512, help="documents per tokenizer task")
     args = p.parse_args(argv)
-    # --demo only sets defaults: an explicit flag always wins
+    if args.pretokenized and (args.demo or args.shard_size is not None):
+        p.error("--pretokenized downloads shards as they are: it takes no --demo or --shard-size")
+    # --demo and --pretokenized only set defaults: an explicit flag always wins
+    if args.dataset is None:
+        args.dataset = PRETOKENIZED if args.pretokenized else "HuggingFaceFW/fineweb-edu"
     if args.out is None:
         args.out = DEMO_OUT if args.demo else "edu_fineweb10B"
-    if args.shard_size is None:
+    if args.shard_size is None and not args.pretokenized:
         args.shard_size = DEMO_SHARD_SIZE if args.demo else 100_000_000
-    if min(args.shard_size, args.workers, args.batch_docs) < 1 or (args.max_tokens is not None and args.max_tokens < 1):
+    sizes = [args.workers, args.batch_docs] + [n for n in (args.shard_size, args.max_tokens) if n is not None]
+    if min(sizes) < 1:
         p.error("--shard-size, --workers, --batch-docs and --max-tokens must be positive")
     return args
 
@@ -747,7 +1026,7 @@ def main(argv: list[str] | None = None) -> None:
     print("fineweb.py config: " + json.dumps(vars(args)))
     signal.signal(signal.SIGTERM, _interrupt)  # `kill PID`, or a container stopping, ends the run as Ctrl-C does
     try:
-        build_shards(args)
+        download_pretokenized(args) if args.pretokenized else build_shards(args)
     except KeyboardInterrupt:  # before any shard work started
         fail("fineweb.py", "interrupted; run the same command again to resume")
     except UserError as e:

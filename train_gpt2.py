@@ -54,8 +54,8 @@ class ShardLoader:
 
     def __init__(self, folder: str, split: str, seq_len: int, seqs_per_step: int, seed: int, shuffle: bool = True,
                  vocab_size: int = GPTConfig.vocab_size):
+        self.paths = fineweb.list_shards(folder, split)  # UserError when the folder holds two kinds of shards
         try:
-            self.paths = fineweb.list_shards(folder, split)
             self.shards = [fineweb.read_shard(p) for p in self.paths]  # memmaps: nothing read
         except (ValueError, OSError) as e:
             raise UserError(f"bad shard: {first_line(e)} - rebuild it with fineweb.py") from None
