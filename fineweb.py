@@ -48,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import UserError, fail, first_line
+from common import HelpFormatter, UserError, fail, first_line
 
 # ----------------------------------------------------------------------------------------------------------------------
 # config (the command line, get_args, sits just before main)
