@@ -77,7 +77,7 @@ FATES = {
     "container": ("", "stopping or removing it would wipe the log dir: copy your files off, then stop it"),
 }
 DONE = {"remove": "removed", "stop": "stopped", "": "left running"}
-DOING = {"remove": "removing", "stop": "stopping", "": "leaving running"}
+DOING = {"remove": "removing pod {}", "stop": "stopping pod {}", "": "keeping pod {} running"}
 
 
 class PodError(Exception):
@@ -394,7 +394,7 @@ def decide(pod: Pod, args: argparse.Namespace, ended: str, holder: str) -> tuple
     how = {"finished": "training finished", "failed": f"training exited with code {args.exit_code}",
            "stopped": f"training was stopped with SIG{args.signal}"}[ended]
     action, why = pod.fate()
-    reason = f"{how}; log dir {pod.log_dir} is {pod.where} - {DOING[action]} pod {pod.id}: {why}"
+    reason = f"{how}; log dir {pod.log_dir} is {pod.where} - {DOING[action].format(pod.id)}: {why}"
     if action == "remove" and ended != "finished":
         reason += " (a stopped pod would keep nothing more, and could find no free GPU when restarted)"
     return action, reason

@@ -112,7 +112,7 @@ def test_log_dir_off_the_volume_refuses_a_detached_launch_and_keeps_a_foreground
     assert "outside" in error and "container disk" in error and "--keep-pod" in error
     assert plan(rig, "--foreground", **ON_VOLUME).returncode == 0
     r = end(rig, 0, "--foreground", **ON_VOLUME)
-    assert rig.account.status() == "RUNNING" and f"leaving running pod {POD}: stopping or removing it" in r.stdout
+    assert rig.account.status() == "RUNNING" and f"keeping pod {POD} running: stopping or removing it" in r.stdout
 
 
 # --- runpodctl v2 and v1, and answers that are not what they seem ---
