@@ -471,6 +471,9 @@ def main(argv: list[str] | None = None) -> None:
     except PodError as e:
         print(f"pod.py: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C at launch (the end ignores it)
+        print("pod.py: stopped by Ctrl-C - nothing started", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -17,93 +17,78 @@
 #   --keep-pod       leave the RunPod pod running when training ends
 #   --no-pod-check   start even when runpodctl cannot reach the pod now (it is tried again at the end)
 #
-#   ./train.sh                                    resume the run in log/ (or start it)
-#   ./train.sh log/model_19072.pt 2               a second epoch from that checkpoint
-#   ./train.sh --foreground -- --preset demo      the CPU demo, attached
+#   ./train.sh                                  resume the run in log/ (or start it)
+#   ./train.sh log/model_19072.pt 2             a second epoch from that checkpoint
+#   ./train.sh --foreground -- --preset demo    the CPU demo, attached
 #
-# Environment: PYTHON (default: python on PATH) runs the checks, train_gpt2.py --print-paths, pod.py and fineweb.py;
-# TRAIN_CMD replaces "torchrun --standalone --nproc_per_node=N train_gpt2.py" (tests, custom launchers; the torch
-# check is skipped); TORCH_ELASTIC_SHUTDOWN_TIMEOUT, the seconds torchrun gives workers to save after a stop signal
-# (train.sh sets 900, enough for a 1.5B model's checkpoint; torch 2.12 and newer read it, older torchruns wait 30 s).
+# Environment: PYTHON runs all but torchrun (default: python on PATH); TRAIN_CMD replaces "torchrun --standalone
+# --nproc_per_node=N train_gpt2.py" (tests, custom launchers; no torch check then); TORCH_ELASTIC_SHUTDOWN_TIMEOUT.
 set -euo pipefail
 SCRIPT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")
 HERE=$(dirname "$SCRIPT")
 PYTHON=${PYTHON:-$(command -v python || command -v python3 || echo python)}
 die() { echo "train.sh: $*" >&2; exit 2; }
 
-args=("$@") positional=() extra=() pod_opts=() nproc="" log_dir="" paths="" foreground=0 prep=0 preflight=1 detached=0
+args=("$@") positional=() log_opt=() extra=() pod_opts=() pod_check=() paths="" nproc=""
+foreground=0 prep=0 preflight=1 detached=0
 while (($#)); do
     case $1 in
         -h | --help) sed -n '2,/^set -e/{/^set -e/d; s/^# \{0,1\}//; p}' "$SCRIPT"; exit 0 ;;
         --nproc) (($# >= 2)) || die "--nproc needs a number"; nproc=$2; shift 2 ;;
         --nproc=*) nproc=${1#*=}; shift ;;
-        --log-dir) (($# >= 2)) || die "--log-dir needs a folder"; log_dir=$2; shift 2 ;;
-        --log-dir=*) log_dir=${1#*=}; shift ;;
+        --log-dir) (($# >= 2)) || die "--log-dir needs a folder"; log_opt=("$1" "$2"); shift 2 ;;
+        --log-dir=*) log_opt=("$1"); shift ;;
         --foreground) foreground=1; pod_opts+=("$1"); shift ;;
         --keep-pod) pod_opts+=("$1"); shift ;;
-        --no-pod-check) pod_check=--no-pod-check; shift ;;
+        --no-pod-check) pod_check=("$1"); shift ;;
         --prep) prep=1; shift ;;
         --no-preflight) preflight=0; shift ;;
         --detached-child) detached=1; paths=$2; shift 2 ;;  # internal: train.sh, restarted in the background
-        --) shift; extra=("$@"); break ;;
+        --) shift; extra=("$@"); break ;;  # train_gpt2.py's, after train.sh's --log-dir (the last one wins)
         -*) die "unknown option $1 - see ./train.sh --help (train_gpt2.py options go after --)" ;;
         *) positional+=("$1"); shift ;;
     esac
 done
-((${#positional[@]} <= 2)) || die "too many arguments: ${positional[*]} - usage: ./train.sh [CHECKPOINT [EPOCHS]] [-- options]"
+((${#positional[@]} <= 2)) || die "too many arguments: ${positional[*]} - see ./train.sh --help"
 checkpoint=${positional[0]:-auto} epochs=${positional[1]:-}
-[[ -z $epochs || ($epochs =~ ^[0-9]*\.?[0-9]+$ && ! $epochs =~ ^[0.]+$) ]] || die "EPOCHS must be a positive number, got '$epochs'"
+[[ -z $epochs || ($epochs =~ ^[0-9]*\.?[0-9]+$ && ! $epochs =~ ^[0.]+$) ]] ||
+    die "EPOCHS must be a positive number, got '$epochs'"
 [[ -z $nproc || $nproc =~ ^[1-9][0-9]*$ ]] || die "--nproc must be a positive whole number, got '$nproc'"
-[[ $checkpoint == auto || $checkpoint == none || -f $checkpoint ]] || die "no checkpoint file $checkpoint - give a model_*.pt from the log dir, or 'auto'"
+[[ $checkpoint == auto || $checkpoint == none || -f $checkpoint ]] ||
+    die "no checkpoint file $checkpoint - give a model_*.pt from the log dir, or 'auto'"
 
-# --- the checks that must pass before Python runs anything of this kit: Python 3.11+, torch 2.4+ ---
-if ((!detached)); then
-    version=$("$PYTHON" -V 2>&1 | head -n 1) || version=""
-    [[ $version =~ ^Python\ 3\.([0-9]+) ]] && ((BASH_REMATCH[1] >= 11)) || die "$PYTHON is ${version:-not runnable}; this needs Python 3.11 or newer - in RunPod's images run python (3.12, with torch), not python3, or activate the venv (. .venv/bin/activate)"
-    torch_version=""
-    if [[ -z ${TRAIN_CMD:-} ]] || ((prep)); then
-        torch_version=$("$PYTHON" -c "import torch, numpy, tiktoken; print(torch.__version__)" 2>&1) ||
-            die "$PYTHON cannot import torch, numpy and tiktoken ($(tail -n1 <<<"$torch_version")) - activate the venv (. .venv/bin/activate) or pip install -r requirements.txt"
-        torch_version=$(tail -n1 <<<"$torch_version")
-        [[ $torch_version =~ ^(0|1|2\.[0-3])\. ]] && die "$PYTHON has torch $torch_version; this kit needs torch 2.4 or newer - use a RunPod image with torch 2.4+ (see the README's setup), or pip install 'torch>=2.4'"
-    fi
+# --- the checks before any Python of this kit runs: Python 3.11+, torch 2.4+ ---
+version=$("$PYTHON" -V 2>&1 | head -n 1) || version=""
+[[ $version =~ ^Python\ 3\.([0-9]+) ]] && ((BASH_REMATCH[1] >= 11)) || die "$PYTHON is ${version:-not runnable};" \
+    "this needs Python 3.11 or newer - in RunPod's images run python, not python3, or activate the venv"
+torch_version=""
+if [[ -z ${TRAIN_CMD:-} ]] || ((prep)); then
+    torch_version=$("$PYTHON" -c "import torch, numpy, tiktoken; print(torch.__version__)" 2>&1) ||
+        die "$PYTHON cannot import torch, numpy and tiktoken ($(tail -n1 <<<"$torch_version")) - activate the" \
+            "venv (. .venv/bin/activate) or pip install -r requirements.txt"
+    torch_version=$(tail -n1 <<<"$torch_version")
+    [[ ! $torch_version =~ ^(0|1|2\.[0-3])\. ]] || die "$PYTHON has torch $torch_version; this kit needs torch" \
+        "2.4 or newer - use a RunPod image with torch 2.4+ (see the README's setup), or pip install 'torch>=2.4'"
 fi
 
-# --- the command: the log dir, data dir and preset as train_gpt2.py resolves its options ---
-train_opts=() skip=0
-for arg in "${extra[@]}"; do  # all but --log-dir, which goes first
-    if ((skip)); then skip=0; continue; fi
-    case $arg in
-        --log-dir | --log-dir=*) [[ -z $log_dir ]] || die "give --log-dir once (before -- or after it, not both)"; [[ $arg == *=* ]] || skip=1 ;;
-        *) train_opts+=("$arg") ;;
-    esac
-done
-[[ -z $log_dir ]] || extra=(--log-dir "$log_dir" "${extra[@]}")
-[[ -n $paths ]] || paths=$("$PYTHON" "$HERE/train_gpt2.py" "${extra[@]}" --print-paths) || exit 2
+# --- the commands, with the log dir, data dir and preset as train_gpt2.py resolves its options ---
+[[ -n $paths ]] || paths=$("$PYTHON" "$HERE/train_gpt2.py" "${log_opt[@]}" "${extra[@]}" --print-paths) || exit 2
 mapfile -t resolved <<<"$paths"
 log_dir=${resolved[0]} data_dir=${resolved[1]} hella_file=${resolved[2]:-} preset=${resolved[3]:-}
-if [[ -z $nproc ]]; then
-    nproc=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ') || nproc=1
-fi
-if [[ -n ${TRAIN_CMD:-} ]]; then
-    read -ra launcher <<<"$TRAIN_CMD"
-elif command -v torchrun >/dev/null 2>&1; then
-    launcher=(torchrun --standalone "--nproc_per_node=$nproc" "$HERE/train_gpt2.py")
-else
-    launcher=("$PYTHON" -m torch.distributed.run --standalone "--nproc_per_node=$nproc" "$HERE/train_gpt2.py")
-fi
-cmd=("${launcher[@]}" --log-dir "$log_dir" --resume "$checkpoint" ${epochs:+--epochs "$epochs"} "${train_opts[@]}")
+[[ -n $nproc ]] || nproc=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ') || nproc=1
+launcher=(torchrun) && command -v torchrun >/dev/null || launcher=("$PYTHON" -m torch.distributed.run)
+launcher+=(--standalone "--nproc_per_node=$nproc" "$HERE/train_gpt2.py")
+[[ -z ${TRAIN_CMD:-} ]] || read -ra launcher <<<"$TRAIN_CMD"
+cmd=("${launcher[@]}" "${log_opt[@]}" --resume "$checkpoint" ${epochs:+--epochs "$epochs"} "${extra[@]}")
 prep_cmd=("$PYTHON" "$HERE/fineweb.py" --out "$data_dir")
-[[ $preset == demo ]] && prep_cmd+=(--demo)  # the demo preset's data is fineweb.py --demo's
-# torchrun passes a stop signal on to its workers and kills them after this many seconds: its default 30 s is too
-# short to write a 1.5B model's checkpoint (18 GB with the optimizer state) to a volume.
+[[ $preset != demo ]] || prep_cmd+=(--demo)  # the demo preset's data is fineweb.py --demo's
+# torchrun passes a stop signal on to its workers and kills them after this many seconds (torch 2.12+; before, 30 s).
 export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-900}
 
 have_shards() { compgen -G "$data_dir/*_train_*.npy" >/dev/null || compgen -G "$data_dir/*_train_*.bin" >/dev/null; }
 note_signals() { for s in INT TERM HUP; do trap "stop_signal=\${stop_signal:-$s}" "$s"; done; }
-# Run a command, its output also appended to the log unless this is the detached train.sh (whose output is the log);
-# returns its exit code. tee ignores Ctrl-C, a hangup and kill: it must outlive training's last lines (a dropped SSH
-# closes the terminal, not the log; training then saves a checkpoint and says so, and tee writes that to the log).
+# Run a command, its output also appended to the log (the detached train.sh's output is the log). tee ignores Ctrl-C,
+# a hangup and kill: it must outlive training, which saves a checkpoint after a dropped SSH and says so in the log.
 logged() {
     if ((detached)); then "$@"; return; fi
     "$@" 2>&1 | (trap '' INT HUP TERM; exec tee -a "$logfile")
@@ -111,7 +96,7 @@ logged() {
 }
 say() { logged printf '%s\n' "train.sh: $*" || true; }
 
-# --- training, then pod.py's end of the run: the one place that decides, from how training ended ---
+# --- training, then pod.py end: it decides what happens to the pod from how training ended ---
 run_and_end() {
     local rc=0
     stop_signal=""
@@ -121,53 +106,52 @@ run_and_end() {
     if ! have_shards; then say "running ${prep_cmd[*]}"; logged "${prep_cmd[@]}" || rc=$?; fi
     if ((rc == 0)) && [[ -z $stop_signal ]]; then say "running ${cmd[*]}"; logged "${cmd[@]}" || rc=$?; fi
     say "$(date '+%Y-%m-%d %H:%M:%S') training ended with exit code $rc${stop_signal:+ after SIG$stop_signal}"
-    logged "$PYTHON" "$HERE/pod.py" end --log-dir "$log_dir" --exit-code "$rc" ${stop_signal:+--signal "$stop_signal"} "${pod_opts[@]}" || true
+    logged "$PYTHON" "$HERE/pod.py" end --log-dir "$log_dir" --exit-code "$rc" ${stop_signal:+--signal "$stop_signal"} \
+        "${pod_opts[@]}" || true
     return "$rc"
 }
 if ((detached)); then run_and_end && exit 0 || exit $?; fi
 
 if ! have_shards; then
-    ((prep)) || die "no training shards in $data_dir/ - run python fineweb.py ${prep_cmd[*]:2} first (or ./train.sh --prep to run it here)"
+    ((prep)) || die "no training shards in $data_dir/ - run python fineweb.py ${prep_cmd[*]:2} first (or" \
+        "./train.sh --prep to run it here)"
     echo "train.sh: no training shards in $data_dir/ - ${prep_cmd[*]} runs first"
 fi
-[[ -z $hella_file || -f $hella_file ]] || echo "train.sh: notice: no HellaSwag data at $hella_file - train_gpt2.py downloads it, or trains without HellaSwag evals if it cannot"
+[[ -z $hella_file || -f $hella_file ]] || echo "train.sh: notice: no HellaSwag data at $hella_file - train_gpt2.py" \
+    "downloads it, or trains without HellaSwag evals if it cannot"
 mkdir -p "$log_dir"
 logfile="$log_dir/train-$(date +%Y%m%d-%H%M%S).log"
-"$PYTHON" "$HERE/pod.py" plan --log-dir "$log_dir" --log "$logfile" "${pod_opts[@]}" ${pod_check:-} || exit $?
+"$PYTHON" "$HERE/pod.py" plan --log-dir "$log_dir" --log "$logfile" "${pod_opts[@]}" "${pod_check[@]}" || exit $?
 while IFS= read -r -d '' var; do export "$var"; done < <("$PYTHON" "$HERE/pod.py" env)  # RunPod's, for training
-# TORCH_ELASTIC_SHUTDOWN_TIMEOUT came with torch 2.12 (pytorch/pytorch#172596); before it, torchrun waits 30 s.
-if [[ -z ${TRAIN_CMD:-} && $torch_version =~ ^2\.([0-9]+)\. ]] && ((BASH_REMATCH[1] < 12)); then
-    say "note: torchrun of torch $torch_version kills the workers 30 s after a stop signal (a longer wait needs torch 2.12+): a checkpoint that takes longer to write is lost, the one before it stays"
-fi
+[[ -z ${TRAIN_CMD:-} && $torch_version =~ ^2\.([0-9]+)\. ]] && ((BASH_REMATCH[1] < 12)) && say "note: torchrun of" \
+    "torch $torch_version kills the workers 30 s after a stop signal (a longer wait needs torch 2.12+): a checkpoint" \
+    "that takes longer to write is lost, the one before it stays"
 
-# --- the preflight: the same command with --preflight, attached, so its screen is read before logging out. Its stderr
-# goes to the log only (under torchrun a refusal's one line comes with a ChildFailedError banner): its train_gpt2.py:
-# lines are shown once. Ctrl-C stops it, and nothing starts. ---
+# --- the preflight, attached, so its screen is read before logging out. Its stderr goes to the log only (under
+# torchrun a refusal's one line comes with a ChildFailedError banner): its train_gpt2.py: lines are shown, once. ---
 run_preflight() { "${cmd[@]}" --preflight 2>"$err"; }
 if ((preflight)) && ! have_shards; then
     echo "train.sh: no preflight: the shards are made first (--prep); train_gpt2.py checks them when it starts"
 elif ((preflight)); then
     err=$(mktemp) rc=0 stop_signal=""
     say "preflight: ${cmd[*]} --preflight"
-    note_signals
+    note_signals  # Ctrl-C stops it, and nothing starts
     logged run_preflight || rc=$?
     trap - INT TERM HUP
     cat "$err" >>"$logfile"
-    said=$(grep -a '^train_gpt2.py: ' "$err" | awk '!seen[$0]++') || true  # each rank says it: once
+    said=$(grep -a '^train_gpt2.py: ' "$err" | awk '!seen[$0]++') || true  # each rank says it
     [[ -z $said ]] || printf '%s\n' "$said" >&2
-    if ((rc)) && [[ -z $said && -z $stop_signal ]]; then tail -n 30 "$err" >&2; fi  # a bug, not a refusal: its traceback
+    [[ $rc == 0 || -n $said$stop_signal ]] || tail -n 30 "$err" >&2  # a bug, not a refusal: its traceback
     report="" && [[ $log_dir/preflight.json -nt $err ]] && report=" ($log_dir/preflight.json has it too)"
     rm -f "$err"
-    [[ -z $stop_signal ]] || { echo "train.sh: the preflight was stopped by SIG$stop_signal: nothing started (its output is in $logfile)" >&2; exit 130; }
-    ((rc == 0)) || die "the preflight failed (exit code $rc): nothing started - fix what it says above$report, or start with --no-preflight"
+    [[ -z $stop_signal ]] || { echo "train.sh: the preflight was stopped by SIG$stop_signal: nothing started (its" \
+        "output is in $logfile)" >&2; exit 130; }
+    ((rc == 0)) || die "the preflight failed (exit code $rc): nothing started - fix what it says above$report, or" \
+        "start with --no-preflight"
 fi
-if ((foreground)); then
-    say "logging to $logfile"
-    run_and_end && exit 0 || exit $?
-fi
-# In its own session, so logging out does not reach it. A non-interactive shell starts `cmd &` with SIGINT ignored,
-# and a shell cannot trap a signal ignored at its start: env sets INT, QUIT and HUP back to their defaults, so that
-# the log says which signal stopped training (`kill -INT -- -PID` too).
+if ((foreground)); then say "logging to $logfile"; run_and_end && exit 0 || exit $?; fi
+# In its own session, so logging out does not reach it; `cmd &` would start it with SIGINT ignored, which a shell
+# cannot trap: env sets INT, QUIT and HUP back to their defaults (the log says which signal stopped training).
 setsid env --default-signal=INT,QUIT,HUP "$SCRIPT" --detached-child "$paths" "${args[@]}" </dev/null >>"$logfile" 2>&1 &
 echo "train.sh: training runs in the background (pid $!, stop it with: kill -- -$!), logging to $logfile"
 echo "train.sh: follow it with: tail -f $logfile"

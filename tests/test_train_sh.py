@@ -415,8 +415,9 @@ def test_without_a_checkpoint_training_resumes_automatically(rig):
 def test_log_dir_after_the_separator_is_used_once(rig):
     r = train_sh(rig, "--foreground", "--", "--log-dir", str(rig.log), "--data", str(rig.data), "--lr", "1e-3")
     assert r.returncode == 0, r.stderr
-    assert trainer_args(rig) == ["--log-dir", str(rig.log), "--resume", "auto", "--data", str(rig.data),
+    assert trainer_args(rig) == ["--resume", "auto", "--log-dir", str(rig.log), "--data", str(rig.data),
                                  "--lr", "1e-3"]
+    assert list(rig.log.glob("train-*.log"))  # train.sh's log is in it too
     assert "stand-in trainer: done" in train_log(rig.log)
 
 
