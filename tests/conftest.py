@@ -2,11 +2,36 @@
 
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+POD = "pod-abc123"
+KEY = "rpa_TESTKEY0123456789"
+ON_POD = {"RUNPOD_POD_ID": POD, "RUNPOD_API_KEY": KEY}  # a pod without a network volume
+ON_VOLUME = {**ON_POD, "RUNPOD_VOLUME_ID": "vol-1"}  # a pod with a network volume at /workspace
+
+
+@pytest.fixture
+def account(tmp_path: Path) -> SimpleNamespace:
+    """The RunPod account that tests/stand_ins/runpodctl answers for: pod POD running, API key KEY. bin: a folder
+    holding runpodctl, for PATH; env: the variables it needs; calls(): its calls so far, one line of arguments each;
+    status(): the pod's status now ("removed" when it is gone)."""
+    bin_dir, calls, state = tmp_path / "bin", tmp_path / "calls", tmp_path / "runpod"
+    for d in (bin_dir, calls, state / "pods"):
+        d.mkdir(parents=True)
+    (bin_dir / "runpodctl").symlink_to(ROOT / "tests" / "stand_ins" / "runpodctl")
+    (state / "pods" / POD).write_text("RUNNING\n")
+    (state / "api_key").write_text(KEY)
+    log = calls / "runpodctl"
+    pod = state / "pods" / POD
+    return SimpleNamespace(
+        bin=bin_dir, dir=calls, state=state, env={"CALLS": str(calls), "RUNPODCTL_STATE": str(state)},
+        calls=lambda: log.read_text().splitlines() if log.exists() else [],
+        status=lambda: pod.read_text().strip() if pod.exists() else "removed")
 
 
 @pytest.fixture(scope="session")
