@@ -545,6 +545,14 @@ def _save_state(out: Path, state: dict, name: str = STATE_FILE) -> None:
         raise _write_failed(path, e, len(text)) from None
 
 
+def read_state(path: Path, out: Path) -> dict:
+    """A state file of the output folder (the tokenizing run's or the download's), UserError when unreadable."""
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise UserError(f"{path} is corrupt; delete {out} and start again") from None
+
+
 def _load_state(out: Path, config: dict) -> dict:
     """The state file: the settings and input it was made with, each finished shard (its tokens, bytes and start
     position), where the next shard starts, and whether the prep is done."""
@@ -558,10 +566,7 @@ def _load_state(out: Path, config: dict) -> dict:
             raise UserError(f"{out} holds .bin shards downloaded with --pretokenized; tokenize into another --out "
                             "(training reads one kind of shard per folder)")
         return fresh
-    try:
-        state = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise UserError(f"{path} is corrupt; delete {out} and start again") from None
+    state = read_state(path, out)
     if state.get("version") != STATE_VERSION:
         raise UserError(f"{path} comes from an older fineweb.py that did not record its shards one by one, so this one "
                         f"cannot check or resume them (a finished {out} trains as it is); use another --out")
@@ -814,10 +819,7 @@ def _pretokenized_state(out: Path, dataset: str) -> dict | None:
             raise UserError(f"{out} has .bin shards but no {PRETOKENIZED_STATE}; use an empty --out folder or delete "
                             "those shards")
         return None
-    try:
-        state = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise UserError(f"{path} is corrupt; delete {out} and start again") from None
+    state = read_state(path, out)
     if state.get("dataset") != dataset:
         raise UserError(f"{out} holds shards downloaded from {state.get('dataset')}; use another --out")
     return state
