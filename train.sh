@@ -19,7 +19,7 @@
 #   --no-pod-check   start even when runpodctl cannot reach the pod now (it is tried again at the end)
 #
 #   ./train.sh                                  resume the run in log/ (or start it)
-#   ./train.sh log/model_19072.pt 2             a second epoch from that checkpoint
+#   ./train.sh log/model_18794.pt 2             a second epoch from that checkpoint
 #   ./train.sh --foreground -- --preset demo    the CPU demo, attached
 #
 # Environment: PYTHON runs all but torchrun (default: python on PATH); TRAIN_CMD replaces "torchrun --standalone
