@@ -6,7 +6,7 @@ Imports no torch (pick_device imports it when called), so fineweb.py can tokeniz
 torch sees fewer than the processes need, it stops with one line that says why and how to get a torch this driver
 runs. train.sh asks the same before it starts anything:
 
-    python common.py --check-gpus N [--device auto|cuda|mps|cpu]   # exit 0, or one line on stderr and exit 2
+    python common.py --check-gpus N [--device DEVICE] [--name train.sh]   # exit 0, or one line on stderr, exit 2
 """
 
 import argparse
@@ -161,10 +161,11 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="common.py", formatter_class=HelpFormatter, description=__doc__)
     p.add_argument("--check-gpus", type=int, required=True, metavar="N",
                    help="exit 0 when torch sees N GPUs or the machine has none; else one line on stderr, exit 2")
-    add_device_option(p)
+    p.add_argument("--device", default="auto", choices=["", "auto", "cuda", "mps", "cpu"],
+                   help="train_gpt2.py's --device; empty is auto; mps and cpu need no check")
     p.add_argument("--name", default="common.py", help="the script named at the start of that line")
     args = p.parse_args(argv)
-    shortfall = gpu_shortfall(args.check_gpus) if args.device in ("auto", "cuda") else None
+    shortfall = gpu_shortfall(args.check_gpus) if args.device in ("", "auto", "cuda") else None
     if shortfall:
         print(f"{args.name}: {shortfall}", file=sys.stderr)
         sys.exit(2)

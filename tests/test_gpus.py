@@ -106,8 +106,9 @@ def test_infer_device_auto_refuses_in_one_line(tmp_path):
 # --- the check train.sh runs before it starts anything ---
 
 @needs_cpu_torch
-def test_check_gpus_refuses_in_one_line_with_exit_2_under_the_callers_name():
-    r = run("common.py", "--check-gpus", "8", "--name", "train.sh", env=gpu_env(FAKE_GPUS="8"))
+@pytest.mark.parametrize("device", [[], ["--device", ""], ["--device", "cuda"]])  # "": train.sh's extra_value
+def test_check_gpus_refuses_in_one_line_with_exit_2_under_the_callers_name(device):
+    r = run("common.py", "--check-gpus", "8", *device, "--name", "train.sh", env=gpu_env(FAKE_GPUS="8"))
     assert r.returncode == 2 and r.stdout == ""
     line = one_line(r.stderr)
     assert line.startswith(f"train.sh: torch {torch.__version__} (CUDA None: a CPU build) sees 0 of this machine's 8 "
