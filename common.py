@@ -100,15 +100,13 @@ def torch_install_command(cuda: str) -> str | None:
 def gpu_shortfall(processes: int) -> str | None:
     """None when torch sees a GPU for each of `processes` or this machine has no NVIDIA GPU; else one line: torch's
     version and its CUDA, the driver's, and what to do."""
-    gpus = nvidia_gpus()
-    if not gpus:
-        return None
     import torch
 
     with warnings.catch_warnings():  # a CUDA build on an older driver warns here; the line below says it better
         warnings.simplefilter("ignore")
         seen = torch.cuda.device_count()
-    if seen >= processes:
+    gpus = nvidia_gpus() if seen < processes else 0
+    if not gpus:
         return None
     driver, cuda = nvidia_driver()
     built = torch.version.cuda
