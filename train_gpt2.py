@@ -284,7 +284,7 @@ def print0(*args, **kwargs) -> None:
 def setup_distributed(device: str) -> tuple[int, int, int, str, bool]:
     """(rank, local rank, world size, device, is_master). Under torchrun: NCCL on CUDA, Gloo elsewhere; the
     device comes from LOCAL_RANK (the process on this node), the data slice from RANK of WORLD_SIZE."""
-    device = pick_device(device)
+    device = pick_device(device, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))  # one GPU for each process here
     if "RANK" not in os.environ:
         return 0, 0, 1, device, True
     rank, local_rank, world = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
