@@ -77,6 +77,11 @@ fi
 mapfile -t resolved <<<"$paths"
 log_dir=${resolved[0]} data_dir=${resolved[1]} hella_file=${resolved[2]:-} preset=${resolved[3]:-}
 [[ -n $nproc ]] || nproc=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ') || nproc=1
+device=${resolved[4]:-auto}
+# a GPU machine whose torch cannot use its GPUs (or fewer than --nproc): one line, and nothing starts
+if [[ -z ${TRAIN_CMD:-} ]] && ((!detached)); then
+    "$PYTHON" "$HERE/common.py" --check-gpus "$nproc" --device "$device" --name train.sh || exit 2
+fi
 launcher=(torchrun) && command -v torchrun >/dev/null || launcher=("$PYTHON" -m torch.distributed.run)
 launcher+=(--standalone "--nproc_per_node=$nproc" "$HERE/train_gpt2.py")
 [[ -z ${TRAIN_CMD:-} ]] || read -ra launcher <<<"$TRAIN_CMD"

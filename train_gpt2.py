@@ -432,8 +432,8 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "estimate time and cost, write LOG_DIR/preflight.json; exit 1 if a check fails")
     p.add_argument("--preflight-steps", type=int, default=4, help="optimizer steps the preflight runs (2+)")
     p.add_argument("--print-paths", action="store_true",
-                   help="print the log dir, the data dir, the HellaSwag file (empty when off) and the preset as "
-                        "these options resolve them, one a line, and exit (train.sh asks)")
+                   help="print the log dir, the data dir, the HellaSwag file (empty when off), the preset and "
+                        "--device as these options resolve them, one a line, and exit (train.sh asks)")
     p.add_argument("--gpu-hour-price", type=float, default=float(os.environ.get("GPU_HOUR_PRICE") or 0) or None,
                    help="price of one GPU-hour, for the preflight's cost estimate (default: $GPU_HOUR_PRICE)")
 
@@ -779,7 +779,7 @@ def main(argv: list[str] | None = None) -> None:
     args = get_args(argv)
     if args.print_paths:
         hella = args.hellaswag_data or hellaswag.CACHE_DIR / "hellaswag_val.jsonl" if args.hellaswag_every else ""
-        print(args.log_dir, args.data, hella, args.preset or "", sep="\n")
+        print(args.log_dir, args.data, hella, args.preset or "", args.device, sep="\n")
         return
     # SIGHUP: the terminal of a foreground run went away. A preflight has nothing to save: it stops at once.
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

@@ -356,14 +356,28 @@ def test_no_preflight_skips_it(rig):
 def test_nproc_defaults_to_the_gpus_nvidia_smi_lists(rig):
     write_exe(rig.bin / "nvidia-smi", NVIDIA_SMI)
     write_exe(rig.bin / "torchrun", TRAINER)  # records the launcher's arguments
-    r = train_sh(rig, "--foreground", "--log-dir", str(rig.log), "--", "--data", str(rig.data),
+    # --device cpu: the suite's torch sees no GPU, which train.sh refuses on a GPU machine otherwise (test below)
+    r = train_sh(rig, "--foreground", "--log-dir", str(rig.log), "--", "--data", str(rig.data), "--device", "cpu",
                  trainer=False, FAKE_GPUS="8")
     assert r.returncode == 0, r.stderr
     args = trainer_args(rig)
     assert args[:3] == ["--standalone", "--nproc_per_node=8", str(ROOT / "train_gpt2.py")]
     r = train_sh(rig, "--foreground", "--nproc", "2", "--log-dir", str(rig.log), "--", "--data", str(rig.data),
-                 trainer=False, FAKE_GPUS="8")
+                 "--device", "cpu", trainer=False, FAKE_GPUS="8")
     assert r.returncode == 0 and "--nproc_per_node=2" in trainer_args(rig)
+
+
+def test_a_gpu_machine_whose_torch_sees_no_gpu_is_one_line_and_leaves_the_pod(rig):
+    # RunPod's H100 host with driver 570 (CUDA 12.8), and the suite's CPU torch: what a PyPI torch 2.11+ gives there
+    shutil.copy(ROOT / "tests" / "stand_ins" / "nvidia-smi", rig.bin / "nvidia-smi")
+    write_exe(rig.bin / "torchrun", TRAINER)
+    r = train_sh(rig, "--log-dir", str(rig.log), "--", "--data", str(rig.data), trainer=False, FAKE_GPUS="8",
+                 RUNPOD_POD_ID=POD)
+    error = one_line_error(r)
+    assert r.returncode == 2 and "sees 0 of this machine's 8 GPU(s)" in error and "570.195.03" in error
+    assert "--index-url https://download.pytorch.org/whl/cu128" in error
+    assert not (rig.calls / "trainer.args").exists() and not rig.log.exists()
+    assert runpodctl_calls(rig) == [] and pod_status(rig) == "RUNNING"
 
 
 def test_nproc_is_1_without_nvidia_smi(rig):
