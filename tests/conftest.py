@@ -28,10 +28,15 @@ def account(tmp_path: Path) -> SimpleNamespace:
     (state / "api_key").write_text(KEY)
     log = calls / "runpodctl"
     pod = state / "pods" / POD
+
+    def status() -> str:
+        try:  # not exists() then read: the stand-in may remove the pod in between
+            return pod.read_text().strip()
+        except FileNotFoundError:
+            return "removed"
     return SimpleNamespace(
         bin=bin_dir, dir=calls, state=state, env={"CALLS": str(calls), "RUNPODCTL_STATE": str(state)},
-        calls=lambda: log.read_text().splitlines() if log.exists() else [],
-        status=lambda: pod.read_text().strip() if pod.exists() else "removed")
+        calls=lambda: log.read_text().splitlines() if log.exists() else [], status=status)
 
 
 @pytest.fixture(scope="session")
