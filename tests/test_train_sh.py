@@ -171,7 +171,8 @@ def start_detached(rig: SimpleNamespace, go: Path, *args: str, **env: str) -> tu
     return r, log_path
 
 
-def wait_until(condition, log_path: Path, seconds: float = 20) -> None:
+def wait_until(condition, log_path: Path, seconds: float = 60) -> None:
+    # a deadline, not a pause: a background run's pod decision took over 20 s on a loaded 2-core machine
     deadline = time.monotonic() + seconds
     while not condition():
         assert time.monotonic() < deadline, log_path.read_text() if log_path.exists() else log_path
