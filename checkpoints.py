@@ -40,6 +40,10 @@ class CheckpointDamaged(UserError):
     """A file that is truncated, or whose tensors no longer match the checksum saved with them."""
 
 
+class CheckpointNotFinite(CheckpointDamaged):
+    """A checkpoint whose weights or optimizer state hold NaN or inf (saved after training diverged)."""
+
+
 class PeerConfig:
     """Stands in for the GPTConfig dataclass that build-nanogpt pickles into its checkpoints (as __main__.GPTConfig, or
     model.GPTConfig): a weights-only load may create it and set its fields, and no code of theirs runs."""
@@ -88,6 +92,11 @@ def tensors(obj) -> Iterator[torch.Tensor]:
             yield from tensors(v)
 
 
+def non_finite(obj) -> int:
+    """How many floating-point tensors in a nested dict / list hold a NaN or an inf."""
+    return sum(not bool(torch.isfinite(t).all()) for t in tensors(obj) if t.is_floating_point())
+
+
 def tensor_checksum(state: dict) -> int:
     """A CRC32 of each tensor's bytes, on all cores (zlib lets go of the GIL), then one of those CRCs in order: about
     1 to 2 GB/s per core (bench/bench_checkpoint.py)."""
@@ -125,7 +134,20 @@ def read_checkpoint(path: Path) -> dict:
                         "--init-from starts a new run from its weights")
     if "checksum" in ckpt and tensor_checksum(ckpt) != ckpt["checksum"]:
         raise CheckpointDamaged(f"{path} is damaged: its tensors do not match the checksum saved with them")
+    if bad := non_finite([ckpt["model"], ckpt["optimizer"]]):
+        raise CheckpointNotFinite(f"{path} holds NaN or inf in {bad} tensors (saved after training diverged)")
     return ckpt
+
+
+def newest_finite(log_dir: str | Path) -> Path | None:
+    """The newest checkpoint in the log dir that loads, matches its checksum and holds finite numbers only."""
+    for path in reversed(list_checkpoints(log_dir)):
+        try:
+            read_checkpoint(path)
+            return path
+        except UserError:
+            continue
+    return None
 
 
 def head_of(path: Path) -> dict | None:
@@ -152,6 +174,9 @@ def save_checkpoint(path: Path, state: dict, keep: int) -> None:
     only ones this script wrote and can read, and never the one a run ended with (state["final"])."""
     if path.exists() and (head := head_of(path)) is not None and any(k not in head for k in OURS):
         raise UserError(f"{path} is another script's checkpoint - not overwriting it; pass another --log-dir")
+    if bad := non_finite([state["model"], state.get("optimizer")]):
+        raise UserError(f"not saving {path}: {bad} tensors of the model or optimizer hold NaN or inf - training "
+                        "diverged; lower --lr and resume from the checkpoint before it")
     state = {**state, "checksum": tensor_checksum(state)}
     tmp = path.with_name(f".{path.name}.tmp")
     try:
@@ -299,6 +324,9 @@ def load_file_model(spec: str, device: str | torch.device = "cpu") -> tuple[GPT 
     if isinstance(ckpt, dict) and "checksum" in ckpt and tensor_checksum(ckpt) != ckpt["checksum"]:
         raise CheckpointDamaged(f"{path} is damaged: its tensors do not match the checksum saved with them")
     config, state, note = peer_weights(ckpt, path)
+    if bad := non_finite(state):
+        raise CheckpointNotFinite(f"{path} holds NaN or inf in {bad} of its weight tensors (saved after training "
+                                  "diverged) - use an earlier checkpoint")
     try:
         model = build_model(config)
         model.load_state_dict(state)

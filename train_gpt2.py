@@ -340,7 +340,8 @@ class RunLog:
                 self.wandb.log(numbers, step=fields.get("step"))
 
 
-STOP = {}  # the signal (SIGTERM, SIGINT or SIGHUP) that asked training to stop, set by request_stop
+STOP = {}  # the signal (SIGTERM, SIGINT or SIGHUP) that asked this rank to stop, set by request_stop
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)  # when ranks got different ones, the first here wins
 
 
 def request_stop(signum: int, frame) -> None:
@@ -351,6 +352,10 @@ def request_stop(signum: int, frame) -> None:
 
 class AlreadyFinished(UserError):
     """The checkpoint to continue from has trained every step the options ask for."""
+
+
+class Diverged(UserError):
+    """The loss or the gradient norm of a step is not finite; the step was not taken."""
 
 
 class Interrupted(Exception):
@@ -501,9 +506,10 @@ class Run:
     dt_avg: float | None = None  # seconds per step, smoothed, for the eta
     lr_join: tuple[int, float] | None = None  # (step, lr) where a longer schedule began: get_lr ramps from there
 
-    def train_step(self) -> bool:
+    def train_step(self) -> int:
         """One optimizer step at self.step, as in the lecture: the micro-steps (batch, forward under autocast,
-        backward), clipping, optimizer.step(); then its log line. Returns whether a rank was asked to stop."""
+        backward), clipping, optimizer.step(); then its log line. Returns the stop signal the ranks agreed on (0:
+        none). A non-finite loss or gradient norm stops the run before the step, so the weights stay finite."""
         t0, step, args = time.time(), self.step, self.args
         lr = get_lr(step, self.total_steps, args, self.lr_join)
         loss_sum = torch.zeros((), device=self.device)
@@ -518,31 +524,41 @@ class Run:
             loss.backward()
         # --grad-clip 0: the norm is measured, the gradient left as it is
         norm = torch.nn.utils.clip_grad_norm_(self.raw.parameters(), args.grad_clip or math.inf)
+        loss, norm, stop = self.sync(loss_sum, norm)
         # the modern recipe's groups each scale the lr (lr_scale); classic's have none
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return self.log_step(loss_sum, norm, lr, t0)
+        self.log_step(loss, norm, lr, t0)
+        return stop
 
-    def log_step(self, loss: torch.Tensor, norm: torch.Tensor, lr: float, t0: float) -> bool:
-        """The step's one host sync, then its line on the terminal and in the logs (t0: when the step began).
-        Returns whether a rank was asked to stop; UserError when the loss is not finite."""
+    def sync(self, loss: torch.Tensor, norm: torch.Tensor) -> tuple[float, float, int]:
+        """The step's one host sync, before the optimizer step: (loss, gradient norm, stop signal), the same on every
+        rank. Diverged (a UserError) when the loss or the norm is not finite: nothing non-finite reaches the weights."""
+        # the stop signals each rank received, one count per kind, summed over the ranks with the loss and norm
+        asked = [float(STOP.get("signal") == s) for s in STOP_SIGNALS]
+        stats = torch.cat([torch.stack([loss.float(), norm.float()]), torch.tensor(asked, device=self.device)])
+        if self.world > 1:
+            dist.all_reduce(stats)  # summed over ranks: a stop on any rank stops all at this step, with one signal
+        loss, norm, *counts = stats.tolist()
+        loss, norm = loss / self.world, norm / self.world  # every rank clipped the same all-reduced gradient
+        if not (math.isfinite(loss) and math.isfinite(norm)):
+            self.log.event("end", step=self.step, status="diverged")
+            good = checkpoints.newest_finite(self.args.log_dir)
+            raise Diverged(f"{'loss' if not math.isfinite(loss) else 'gradient norm'} is "
+                           f"{loss if not math.isfinite(loss) else norm} at step {self.step} - training diverged, "
+                           f"stopped before the weights took it; the last good checkpoint is "
+                           f"{good.resolve() if good else 'none'}; lower --lr and resume from it")
+        return loss, norm, next((int(s) for s, n in zip(STOP_SIGNALS, counts) if n), 0)
+
+    def log_step(self, loss: float, norm: float, lr: float, t0: float) -> None:
+        """The step's line on the terminal and in the logs (t0: when the step began)."""
         step, args, world = self.step, self.args, self.world
-        stats = torch.stack([loss.float(), norm.float(), torch.full((), float(bool(STOP)), device=self.device)])
-        if world > 1:
-            dist.all_reduce(stats)  # summed over ranks: a stop on any rank stops all at this step
-        loss, norm, stop = stats.tolist()  # the one host sync of the step
-        loss, norm = loss / world, norm / world  # every rank clipped the same all-reduced gradient
-        if not math.isfinite(loss):
-            self.log.event("end", step=step, status="diverged")
-            good = checkpoints.list_checkpoints(args.log_dir)
-            raise UserError(f"loss is {loss} at step {step} - training diverged; the last good checkpoint is "
-                            f"{good[-1] if good else 'none'}; lower --lr and resume from it")
         dt = time.time() - t0
         # seconds per step for the eta: a moving average from step 3 on (the first steps compile)
         self.dt_avg = dt if self.dt_avg is None or step < 3 else 0.9 * self.dt_avg + 0.1 * dt
-        eta = timedelta(seconds=int(self.dt_avg * (self.last_step - step - 1)))
+        eta = timedelta(seconds=int(self.dt_avg * max(0, self.last_step - step - 1)))
         tok_s, peak = args.total_batch_size / dt, peak_flops(self.device)
         flops_s = flops_per_token(self.raw.config, self.raw.num_params(True)) * tok_s
         mfu = flops_s / (peak * world) if peak else None
@@ -552,7 +568,6 @@ class Run:
                f"epoch {epoch:.3f} | eta {eta}")
         self.log.event("train", step=step, loss=loss, lr=lr, norm=norm, dt_ms=dt * 1000, tok_per_s=tok_s, mfu=mfu,
                        epoch=epoch, tokens=(step + 1) * args.total_batch_size, time=time.time())
-        return bool(stop)
 
     def evaluate(self, step: int) -> None:
         """Val loss, HellaSwag and samples at the steps their --*-every asks for, and at the last step."""
@@ -757,9 +772,9 @@ def train(args: argparse.Namespace) -> int:
                 run.save()
             if stop and run.step < run.last_step:
                 print0(f"train_gpt2.py: stopped at step {run.step}; --resume auto continues from the checkpoint")
-                run.log.event("stop", step=run.step, signal=signal.Signals(STOP["signal"]).name)
+                run.log.event("stop", step=run.step, signal=signal.Signals(stop).name)
                 run.log.event("end", step=run.step, status="interrupted")
-                return 128 + STOP["signal"]
+                return 128 + stop
     except torch.cuda.OutOfMemoryError:
         raise UserError(f"CUDA out of memory at --batch-size {args.batch_size} - lower --batch-size (gradient "
                         f"accumulation keeps the total batch at {args.total_batch_size} tokens)") from None

@@ -236,6 +236,59 @@ def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_checkpoint(tiny
     assert events(tmp_path, "end")[-1]["status"] == "diverged"
 
 
+def test_a_diverging_run_stops_before_a_nan_reaches_the_weights_and_names_a_finite_checkpoint(tiny_shards, tmp_path):
+    # --lr 1e3: the gradient norm goes non-finite after a few steps; before, that step was taken and saved
+    proc = train("--data", str(tiny_shards), "--log-dir", str(tmp_path), "--lr", "1e3", "--checkpoint-every", "1",
+                 "--max-steps", "20")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    line, = proc.stderr.strip().splitlines()
+    assert "diverged" in line
+    saved = sorted(tmp_path.glob("model_*.pt"))
+    assert saved
+    for path in saved:
+        ckpt = torch.load(path, weights_only=True)
+        assert all(torch.isfinite(t).all() for t in ckpt["model"].values()), path.name
+    named = Path(re.search(r"the last good checkpoint is (\S+);", line).group(1))
+    assert named.is_absolute() and named == saved[-1]
+
+
+def nan_copy(src: Path, dst: Path) -> Path:
+    """A checkpoint as a diverged run saved it: its tensors NaN, its checksum right."""
+    from checkpoints import tensor_checksum
+    ckpt = torch.load(src, weights_only=True)
+    for t in ckpt["model"].values():
+        t.fill_(float("nan"))
+    ckpt["step"] += 1
+    ckpt.pop("checksum", None)
+    torch.save({**ckpt, "checksum": tensor_checksum(ckpt)}, dst)
+    return dst
+
+
+def test_resume_auto_skips_a_non_finite_checkpoint_with_a_notice(tiny_shards, tmp_path):
+    assert train("--data", str(tiny_shards), "--log-dir", str(tmp_path), "--max-steps", "2").returncode == 0
+    nan_copy(tmp_path / "model_00002.pt", tmp_path / "model_00003.pt")
+    proc = train("--data", str(tiny_shards), "--log-dir", str(tmp_path), "--max-steps", "4")
+    assert proc.returncode == 0, proc.stderr
+    assert "resuming from" in proc.stdout and "model_00002.pt at step 2" in proc.stdout
+    assert "NaN or inf" in proc.stderr and "model_00003.pt" in proc.stderr
+    explicit = train("--data", str(tiny_shards), "--log-dir", str(tmp_path / "other"), "--resume",
+                     str(nan_copy(tmp_path / "model_00002.pt", tmp_path / "nan.pt")))
+    assert explicit.returncode == 1 and "NaN or inf" in explicit.stderr and "Traceback" not in explicit.stderr
+
+
+@pytest.mark.parametrize("script", ["infer.py", "hellaswag.py"])
+def test_infer_and_hellaswag_refuse_a_non_finite_checkpoint_in_one_line(demo_run, tmp_path, script):
+    bad = nan_copy(demo_run / "model_00006.pt", tmp_path / "model_00007.pt")
+    data = tmp_path / "hs.jsonl"
+    data.write_text(json.dumps({"ctx": "A man", "endings": ["a", "b", "c", "d"], "label": 1}) + "\n")
+    args = [str(bad), "Hello"] if script == "infer.py" else ["--model", str(bad), "--data", str(data)]
+    proc = subprocess.run([sys.executable, str(ROOT / script), *args, "--device", "cpu"], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 1 and proc.stdout == ""
+    line, = proc.stderr.strip().splitlines()
+    assert line.startswith(f"{script}: ") and "NaN or inf" in line and "model_00007.pt" in line
+
+
 def bad_inputs(tmp_path: Path, tiny_shards: Path) -> dict[str, list[str]]:
     (tmp_path / "empty").mkdir()
     (tmp_path / "truncated.pt").write_bytes(b"PK\x03\x04 not really a zip")
