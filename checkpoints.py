@@ -25,6 +25,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from common import UserError, first_line
 from model import GPT, HF_NAMES, MODEL_SIZES, GPTConfig, ModernGPT, build_model
@@ -261,6 +262,41 @@ def find_resume(args: argparse.Namespace, config: GPTConfig) -> tuple[Path | Non
         raise UserError(f"{path} was trained with --total-batch-size {ckpt['config'].get('total_batch_size')}; "
                         "resume with the same value (the data position is counted in steps)")
     return path, ckpt, skipped
+
+
+def agreed_resume(args: argparse.Namespace, config: GPTConfig, rank: int,
+                  world: int) -> tuple[Path | None, dict | None, list[str]]:
+    """find_resume on rank 0, which tells the others the file, its step and checksum: every rank resumes from the
+    same checkpoint, or none. A rank that cannot read that file, or reads another (a --log-dir on a disk of its own
+    node), is a UserError naming the shared-disk requirement; an error of rank 0's choice is raised on every rank."""
+    if world == 1:
+        return find_resume(args, config)
+    decided = [None, None, None, None]  # the checkpoint as the options name it, its step and checksum, rank 0's error
+    if rank == 0:
+        try:
+            path, ckpt, skipped = find_resume(args, config)
+            if ckpt is not None:
+                decided[:3] = [str(path), ckpt["step"], ckpt.get("checksum")]
+        except UserError as e:
+            decided[3] = e
+    dist.broadcast_object_list(decided, src=0)
+    name, step, checksum, error = decided
+    if error is not None:
+        raise error
+    if rank == 0:
+        return path, ckpt, skipped
+    if name is None:
+        return None, None, []
+    where = f"rank {rank} on {socket.gethostname()}"
+    shared = ("- the --log-dir must be on storage every node sees (a shared disk or network volume): every rank "
+              "resumes from rank 0's checkpoints")
+    if not Path(name).is_file():
+        raise UserError(f"{where} cannot see {Path(name).absolute()}, the checkpoint rank 0 resumes from {shared}")
+    ckpt = read_checkpoint(Path(name))
+    if (ckpt["step"], ckpt.get("checksum")) != (step, checksum):
+        raise UserError(f"{where} reads another file at {Path(name).absolute()} (step {ckpt['step']}) than rank 0 "
+                        f"(step {step}) {shared}")
+    return Path(name), ckpt, []
 
 
 def peer_weights(ckpt: object, path: Path) -> tuple[GPTConfig, dict, str | None]:

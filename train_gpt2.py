@@ -686,7 +686,7 @@ def start_run(args: argparse.Namespace) -> Run:
     last_step = min(total_steps, args.max_steps) if args.max_steps else total_steps
 
     torch.manual_seed(args.seed)
-    ckpt_path, ckpt, skipped = checkpoints.find_resume(args, config)
+    ckpt_path, ckpt, skipped = checkpoints.agreed_resume(args, config, rank, world)
     if ckpt is not None and ckpt["step"] >= last_step:  # nothing left to train: said before any GPU work
         raise AlreadyFinished(f"{ckpt_path} already trained step {ckpt['step']} of {last_step} - pass a larger "
                               "--epochs (or --max-steps) to train on, or another --log-dir to start a new run")

@@ -4,6 +4,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import warnings
@@ -224,6 +225,60 @@ def test_sigterm_saves_a_checkpoint_that_resume_auto_continues(tiny_shards, tmp_
                     "--max-steps", str(step + 2))
     assert resumed.returncode == 0
     assert [r["step"] for r in events(tmp_path, "train")][-3:] == [step - 1, step, step + 1]
+
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+
+
+def worker_pid(launcher: int, rank: int) -> int:
+    """The pid of torchrun's worker of this rank (a child of the launcher with RANK=rank in its environment)."""
+    for pid in Path(f"/proc/{launcher}/task/{launcher}/children").read_text().split():
+        if f"RANK={rank}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+            return int(pid)
+    raise AssertionError(f"no worker of rank {rank}")
+
+
+def test_sigterm_to_one_rank_stops_every_rank_with_that_signal(tiny_shards, tmp_path):
+    cmd = [*TORCHRUN, SCRIPT, *TINY, "--data", str(tiny_shards), "--log-dir", str(tmp_path), "--epochs", "30"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    for line in proc.stdout:  # rank 0's step lines: rank 1, which does not print, gets the signal
+        if re.match(r"step +\d+/\d+ \| loss", line):
+            os.kill(worker_pid(proc.pid, 1), signal.SIGTERM)
+            break
+    out, err = proc.communicate(timeout=120)
+    assert "KeyError" not in err
+    assert err.count(f"exitcode  : {128 + signal.SIGTERM}") == 2, err[-3000:]  # torchrun's report of each rank
+    (saved,) = tmp_path.glob("model_*.pt")
+    step = torch.load(saved, weights_only=True)["step"]
+    assert events(tmp_path, "stop") == [{"event": "stop", "step": step, "signal": "SIGTERM"}]
+    assert events(tmp_path, "end")[-1] == {"event": "end", "step": step, "status": "interrupted"}
+
+
+NODE_WRAPPER = """
+import os, runpy, sys
+sys.path.insert(0, {root!r})
+os.chdir(os.path.join(os.environ["NODES"], "node" + os.environ["RANK"]))  # each rank a node with its own disk
+sys.argv.pop(0)  # the script and its arguments remain
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_a_rank_that_cannot_see_rank_0s_checkpoint_says_the_log_dir_must_be_shared(tiny_shards, tmp_path):
+    wrapper = tmp_path / "node.py"
+    wrapper.write_text(NODE_WRAPPER.format(root=str(ROOT)))
+    env = {**os.environ, "NODES": str(tmp_path)}
+    for rank in (0, 1):
+        (tmp_path / f"node{rank}").mkdir()
+    args = ["--data", str(tiny_shards), "--log-dir", "log"]
+    first = train(*args, "--max-steps", "2", launcher=[*TORCHRUN, str(wrapper)], env=env)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert (tmp_path / "node0/log/model_00002.pt").exists() and not (tmp_path / "node1/log").exists()
+    second = train(*args, "--max-steps", "4", launcher=[*TORCHRUN, str(wrapper)], env=env)
+    assert second.returncode != 0
+    (line,) = [x for x in second.stderr.splitlines() if x.startswith("train_gpt2.py: ")]
+    assert f"rank 1 on {socket.gethostname()} cannot see {tmp_path / 'node1/log/model_00002.pt'}" in line
+    assert "storage every node sees" in line
+    assert "resuming from" not in second.stdout
 
 
 def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_checkpoint(tiny_shards, tmp_path):
