@@ -398,9 +398,11 @@ def model_files(spec: str) -> list[str]:
     return found
 
 
-def load_newest(spec: str, device: str | torch.device = "cpu") -> tuple[GPT | ModernGPT, dict, str]:
+def load_newest(spec: str, device: str | torch.device = "cpu",
+                script: str = "train_gpt2.py") -> tuple[GPT | ModernGPT, dict, str]:
     """load_model, and the file it loaded. A log dir gives its newest checkpoint that loads: an unreadable newest one
-    (a save cut short by a full disk or a killed pod) is passed over for the one before, with a notice."""
+    (a save cut short by a full disk or a killed pod, or non-finite) is passed over for the one before, with a notice
+    that starts with the script's name."""
     candidates = model_files(spec)
     for i, candidate in enumerate(candidates):
         try:
@@ -408,14 +410,15 @@ def load_newest(spec: str, device: str | torch.device = "cpu") -> tuple[GPT | Mo
         except UserError as e:
             if i == len(candidates) - 1:
                 raise
-            print(f"notice: skipping {e}", file=sys.stderr)
+            print(f"{script}: notice: {e} - skipping it for the checkpoint before", file=sys.stderr)
 
 
-def load_model(spec: str, device: str | torch.device = "cpu") -> tuple[GPT | ModernGPT, dict]:
+def load_model(spec: str, device: str | torch.device = "cpu",
+               script: str = "train_gpt2.py") -> tuple[GPT | ModernGPT, dict]:
     """(GPT or ModernGPT, as its recipe says, in eval mode on device, its training config or {}) from a checkpoint
     of this script, build-nanogpt or nanoGPT, a log dir (its newest checkpoint), an OpenAI name (gpt2 ... gpt2-xl)
     or a Hugging Face GPT-2 folder; UserError when it cannot. (hellaswag.py, infer.py and --init-from use it.)"""
-    return load_newest(spec, device)[:2]
+    return load_newest(spec, device, script)[:2]
 
 
 def init_weights(args: argparse.Namespace) -> tuple[GPTConfig, dict]:

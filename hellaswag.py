@@ -356,7 +356,7 @@ def main(argv: list[str] | None = None) -> None:
         if not examples:
             raise UserError(f"{args.data or args.split} holds no examples")
         device = pick_device(args.device)
-        model = load_model(args.model, device)[0]
+        model = load_model(args.model, device, "hellaswag.py")[0]
     except (UserError, OSError) as e:
         fail("hellaswag.py", first_line(e))
     autocast = torch.bfloat16 if args.dtype == "bfloat16" else None

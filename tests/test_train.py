@@ -349,6 +349,12 @@ def bad_inputs(tmp_path: Path, tiny_shards: Path) -> dict[str, list[str]]:
     (tmp_path / "truncated.pt").write_bytes(b"PK\x03\x04 not really a zip")
     torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
     (tmp_path / "hellaswag.jsonl").write_text('{"ctx": "A man", "endings": ["a", "b", "c", "d"], "label": 1}\n{oops\n')
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    for shard in tiny_shards.glob("*.npy"):
+        (unfinished / shard.name).write_bytes(shard.read_bytes())
+    (unfinished / fineweb.STATE_FILE).write_text(json.dumps({"version": 2, "config": {"source": "demo"},
+                                                             "shards": [{}, {}, {}], "done": False}))
     return {
         "missing data folder": ["--data", str(tmp_path / "nope")],
         "empty data folder": ["--data", str(tmp_path / "empty")],
@@ -357,11 +363,17 @@ def bad_inputs(tmp_path: Path, tiny_shards: Path) -> dict[str, list[str]]:
         "batch that does not divide": ["--data", str(tiny_shards), "--total-batch-size", "200"],
         "malformed hellaswag data": ["--data", str(tiny_shards), "--hellaswag-every", "1",
                                      "--hellaswag-data", str(tmp_path / "hellaswag.jsonl")],
+        "unfinished prep": ["--data", str(unfinished)],
+        "unfinished prep, preflight": ["--data", str(unfinished), "--preflight"],
+        "modern recipe with an odd head size": ["--data", str(tiny_shards), "--recipe", "modern", "--n-embd", "60",
+                                                "--n-head", "4"],
     }
 
 
 @pytest.mark.parametrize("case", ["missing data folder", "empty data folder", "truncated checkpoint",
-                                  "foreign checkpoint", "batch that does not divide", "malformed hellaswag data"])
+                                  "foreign checkpoint", "batch that does not divide", "malformed hellaswag data",
+                                  "unfinished prep", "unfinished prep, preflight",
+                                  "modern recipe with an odd head size"])
 def test_bad_input_gives_one_line_and_a_nonzero_exit(case, tiny_shards, tmp_path):
     proc = train(*bad_inputs(tmp_path, tiny_shards)[case], "--log-dir", str(tmp_path / "log"))
     assert proc.returncode != 0
@@ -372,3 +384,26 @@ def test_bad_input_gives_one_line_and_a_nonzero_exit(case, tiny_shards, tmp_path
         assert lines[0].endswith("hellaswag.jsonl:2: not valid JSON (Expecting property name enclosed in double "
                                  "quotes)")
         assert " loss " not in proc.stdout
+    if case.startswith("unfinished prep"):
+        assert f"the prep of {tmp_path / 'unfinished'}/ is unfinished (3 shards so far" in lines[0]
+        assert lines[0].endswith(f"finish it with: python fineweb.py --out {tmp_path / 'unfinished'} --demo")
+    if case == "modern recipe with an odd head size":
+        assert "even head size" in lines[0]
+
+
+def test_a_cpu_batch_that_cannot_be_allocated_is_one_line(demo_shards, tmp_path):
+    # logits of 100,000 x 8 positions x 50,304 fp32: 160 GB
+    proc = train("--data", str(demo_shards), "--log-dir", str(tmp_path), "--seq-len", "8", "--batch-size", "100000",
+                 "--total-batch-size", "800000")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("train_gpt2.py: out of memory on cpu at --batch-size 100000")
+    assert "lower --batch-size" in line
+
+
+def test_bf16_on_a_cpu_says_what_it_costs(tiny_shards, tmp_path):
+    proc = train("--data", str(tiny_shards), "--log-dir", str(tmp_path), "--max-steps", "1", "--dtype", "bfloat16")
+    assert proc.returncode == 0, proc.stderr
+    assert "notice: --dtype bfloat16 on cpu runs about 11x slower than float32" in proc.stdout
+    plain = train("--data", str(tiny_shards), "--log-dir", str(tmp_path / "fp32"), "--max-steps", "1")
+    assert "11x slower" not in plain.stdout
