@@ -172,7 +172,8 @@ def save_checkpoint(path: Path, state: dict, keep: int) -> None:
     """Write durably: a temp file, fsync'd, renamed over the name, then the folder fsync'd (so a network filesystem
     cannot lose the rename), with a CRC32 of the tensors that loading verifies. A full disk is a UserError with the
     sizes, the temp file removed, older checkpoints untouched. Then delete all but the newest `keep` checkpoints,
-    only ones this script wrote and can read, and never the one a run ended with (state["final"])."""
+    only ones this script wrote and can read, and never one that ends an lr schedule (state["final"]: the last step of
+    its --epochs; where a --max-steps stops is not one, so chained --max-steps runs rotate)."""
     if path.exists() and (head := head_of(path)) is not None and any(k not in head for k in OURS):
         raise UserError(f"{path} is another script's checkpoint - not overwriting it; pass another --log-dir")
     if bad := non_finite([state["model"], state.get("optimizer")]):

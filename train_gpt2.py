@@ -407,7 +407,7 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     # checkpoints
     p.add_argument("--checkpoint-every", type=int, default=1000, help="save a checkpoint every N steps and at the end")
     p.add_argument("--keep-checkpoints", type=int, default=3,
-                   help="keep only the newest N checkpoints, and the last of each run (0 = keep all)")
+                   help="keep only the newest N checkpoints, and the last of each --epochs schedule (0 = keep all)")
     p.add_argument("--resume", default="auto", help="auto (newest valid checkpoint in --log-dir), a path, or none")
     p.add_argument("--init-from", default=None, help="a new run from these weights (step 0, fresh optimizer): a "
                    "checkpoint of train_gpt2.py, build-nanogpt or nanoGPT, gpt2 ... gpt2-xl or a Hugging Face folder")
@@ -552,7 +552,9 @@ class Run:
         flops_s = flops_per_token(self.raw.config, self.raw.num_params(True)) * tok_s
         mfu = flops_s / (peak * world) if peak else None
         epoch = step / self.train_data.steps_per_epoch
-        print0(f"step {step:5d}/{self.last_step} | loss {loss:.6f} | lr {lr:.2e} | norm {norm:.4f} | "
+        # the preflight of a run near its end may step past it
+        of = f"/{self.last_step}" if step < self.last_step else " (past the run's last step)"
+        print0(f"step {step:5d}{of} | loss {loss:.6f} | lr {lr:.2e} | norm {norm:.4f} | "
                f"{dt * 1000:.0f} ms | {tok_s:,.0f} tok/s | mfu {'-' if mfu is None else f'{mfu:.1%}'} | "
                f"epoch {epoch:.3f} | eta {eta}")
         self.log.event("train", step=step, loss=loss, lr=lr, norm=norm, dt_ms=dt * 1000, tok_per_s=tok_s, mfu=mfu,
@@ -597,7 +599,7 @@ class Run:
                 "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if cuda else []},
                 "config": vars(self.args), "model_config": asdict(self.raw.config), "val_loss": self.last_val,
                 "val_step": self.last_val_step,
-                "total_steps": self.total_steps, "lr_join": self.lr_join, "final": step == self.last_step}, keep)
+                "total_steps": self.total_steps, "lr_join": self.lr_join, "final": step == self.total_steps}, keep)
             print0(f"saved {path}")
             self.log.event("checkpoint", step=step, path=str(path))
         if self.world > 1:

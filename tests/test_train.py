@@ -169,14 +169,19 @@ def test_resume_reproduces_uninterrupted_losses(tiny_shards, tmp_path):
     assert sorted(p.name for p in straight.glob("model_*.pt")) == ["model_00005.pt", "model_00006.pt"]
 
 
-def test_rotation_keeps_the_newest_checkpoints_and_every_final_one(tiny_shards, tmp_path):
+def test_rotation_keeps_the_newest_checkpoints_and_the_end_of_every_schedule(tiny_shards, tmp_path):
     args = ["--data", str(tiny_shards), "--log-dir", str(tmp_path), "--checkpoint-every", "1",
             "--keep-checkpoints", "1"]
-    assert train(*args, "--max-steps", "2").returncode == 0
+    # chained --max-steps runs on one schedule rotate as one run
+    assert train(*args, "--epochs", "0.1", "--max-steps", "1").returncode == 0
+    assert train(*args, "--epochs", "0.1", "--max-steps", "2").returncode == 0
     assert sorted(p.name for p in tmp_path.glob("model_*.pt")) == ["model_00002.pt"]
-    assert train(*args, "--max-steps", "5").returncode == 0  # a continued run rotates its own, not the first's end
-    assert sorted(p.name for p in tmp_path.glob("model_*.pt")) == ["model_00002.pt", "model_00005.pt"]
-    assert torch.load(tmp_path / "model_00005.pt", weights_only=True)["final"] is True
+    # the end of a schedule (0.1 epochs: 3 steps) stays when a longer one continues it
+    assert train(*args, "--epochs", "0.1").returncode == 0
+    assert train(*args, "--epochs", "0.2", "--max-steps", "5").returncode == 0
+    assert sorted(p.name for p in tmp_path.glob("model_*.pt")) == ["model_00003.pt", "model_00005.pt"]
+    assert torch.load(tmp_path / "model_00003.pt", weights_only=True)["final"] is True
+    assert torch.load(tmp_path / "model_00005.pt", weights_only=True)["final"] is False
 
 
 def test_wandb_offline_run_receives_the_logged_metrics(tiny_shards, tmp_path):
