@@ -265,6 +265,20 @@ def find_resume(args: argparse.Namespace, config: GPTConfig) -> tuple[Path | Non
     return path, ckpt, skipped
 
 
+def restore_state(raw: GPT, optimizer: torch.optim.Optimizer, ckpt: dict, cuda: bool) -> None:
+    """The weights, optimizer state and random state of a checkpoint, for an exact resume."""
+    raw.load_state_dict(ckpt["model"])
+    # The optimizer's state holds the moments and the settings they were saved with (lr, weight decay, ...). This
+    # run's options win over those settings, so a changed --weight-decay, --embed-lr or --head-lr applies from here.
+    settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    optimizer.load_state_dict(ckpt["optimizer"])
+    for group, options in zip(optimizer.param_groups, settings):
+        group.update(options)
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    if cuda and len(ckpt["rng"]["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+
+
 def agreed_resume(args: argparse.Namespace, config: GPTConfig, rank: int,
                   world: int) -> tuple[Path | None, dict | None, list[str]]:
     """find_resume on rank 0, which tells the others the file, its step and checksum: every rank resumes from the

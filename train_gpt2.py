@@ -630,20 +630,6 @@ def open_data(args: argparse.Namespace, vocab_size: int) -> tuple[ShardLoader, S
     return train_data, val_data, val_steps
 
 
-def restore_state(raw: GPT, optimizer: torch.optim.Optimizer, ckpt: dict, cuda: bool) -> None:
-    """The weights, optimizer state and random state of a checkpoint, for an exact resume."""
-    raw.load_state_dict(ckpt["model"])
-    # The optimizer's state holds the moments and the settings they were saved with (lr, weight decay, ...). This
-    # run's options win over those settings, so a changed --weight-decay, --embed-lr or --head-lr applies from here.
-    settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
-    optimizer.load_state_dict(ckpt["optimizer"])
-    for group, options in zip(optimizer.param_groups, settings):
-        group.update(options)
-    torch.set_rng_state(ckpt["rng"]["torch"])
-    if cuda and len(ckpt["rng"]["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
-
-
 def announce(run: Run, config: GPTConfig, first_step: int) -> None:
     """Print the options and the run's shape (with the other recipe's size for comparison), and log them."""
     args, cuda = run.args, run.device.startswith("cuda")
@@ -697,7 +683,7 @@ def start_run(args: argparse.Namespace) -> Run:
     raw = raw.to(device)
     optimizer = make_optimizer(raw, args, device)
     if ckpt is not None:
-        restore_state(raw, optimizer, ckpt, cuda)
+        checkpoints.restore_state(raw, optimizer, ckpt, cuda)
     if is_master:
         checkpoints.check_free_space(args.log_dir, raw)
     # train and val run the compiled model at one shape; samples and HellaSwag use raw
