@@ -252,7 +252,11 @@ def test_sigterm_to_one_rank_stops_every_rank_with_that_signal(tiny_shards, tmp_
             break
     out, err = proc.communicate(timeout=120)
     assert "KeyError" not in err
-    assert err.count(f"exitcode  : {128 + signal.SIGTERM}") == 2, err[-3000:]  # torchrun's report of each rank
+    # torchrun's report of each rank: 143; or -15 for rank 0 when torchrun's own SIGTERM, sent once rank 1 has
+    # exited, reaches it while the interpreter shuts down (after its work is done: the events below are written)
+    codes = re.findall(r"exitcode  : (-?\d+)", err)
+    assert len(codes) == 2 and set(codes) <= {str(128 + signal.SIGTERM), str(-signal.SIGTERM)}, err[-3000:]
+    assert str(128 + signal.SIGTERM) in codes
     (saved,) = tmp_path.glob("model_*.pt")
     step = torch.load(saved, weights_only=True)["step"]
     assert events(tmp_path, "stop") == [{"event": "stop", "step": step, "signal": "SIGTERM"}]
