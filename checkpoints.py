@@ -223,7 +223,7 @@ def find_resume(args: argparse.Namespace, config: GPTConfig) -> tuple[Path | Non
     cannot resume from and no good checkpoint of ours before them."""
     log_dir, path, ckpt, skipped, foreign = Path(args.log_dir), None, None, [], []
     present = sorted(p.name for p in log_dir.glob("model_*.pt"))
-    held = f"{args.log_dir}/ holds the checkpoints of a run ({', '.join(present[-3:])})"
+    held = f"{log_dir.absolute()}/ holds the checkpoints of a run ({', '.join(present[-3:])})"
     if args.resume == "none" and present:
         raise UserError(f"{held}; --resume none would start a new run over them - pass another --log-dir (or move "
                         "them away), or --resume auto to continue that run")
@@ -248,7 +248,7 @@ def find_resume(args: argparse.Namespace, config: GPTConfig) -> tuple[Path | Non
             foreign.append(candidate)
     if foreign or others or (skipped and ckpt is None):
         names = ", ".join(p.name for p in sorted(foreign + others)) or "; ".join(skipped)
-        raise UserError(f"{args.log_dir}/ holds checkpoints that --resume auto cannot continue from ({names}) - "
+        raise UserError(f"{log_dir.absolute()}/ holds checkpoints that --resume auto cannot continue from ({names}) - "
                         "start from their weights with --init-from FILE, or from scratch with --resume none, "
                         "either with another --log-dir")
     if ckpt is not None and args.init_from and ckpt["config"].get("init_from") != args.init_from:
@@ -489,8 +489,8 @@ def lock_log_dir(log_dir: str) -> None:
         except BlockingIOError:
             other = printable(os.read(fd, 200).decode(errors="replace")) or "a process starting up"
             os.close(fd)
-            raise UserError(f"{log_dir}/ is in use by another training run ({other}) - wait for it or stop it, "
-                            "or pass another --log-dir") from None
+            raise UserError(f"{Path(log_dir).absolute()}/ is in use by another training run ({other}) - wait for it "
+                            "or stop it, or pass another --log-dir") from None
         except OSError:  # a filesystem without flock: the file still names us
             pass
         if path.exists() and os.stat(path).st_ino == os.fstat(fd).st_ino:
