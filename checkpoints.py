@@ -57,6 +57,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from common import UserError, first_line
 from model import GPT, HF_NAMES, MODEL_SIZES, GPTConfig, ModernGPT, build_model
@@ -70,6 +71,10 @@ OURS = ("model", "model_config", "optimizer", "step", "config")  # what every tr
 
 class CheckpointDamaged(UserError):
     """A file that is truncated, or whose tensors no longer match the checksum saved with them."""
+
+
+class CheckpointNotFinite(CheckpointDamaged):
+    """A checkpoint whose weights or optimizer state hold NaN or inf (saved after training diverged)."""
 
 
 class PeerConfig:
@@ -120,6 +125,11 @@ def tensors(obj) -> Iterator[torch.Tensor]:
             yield from tensors(v)
 
 
+def non_finite(obj) -> int:
+    """How many floating-point tensors in a nested dict / list hold a NaN or an inf."""
+    return sum(not bool(torch.isfinite(t).all()) for t in tensors(obj) if t.is_floating_point())
+
+
 def tensor_checksum(state: dict) -> int:
     """A CRC32 of each tensor's bytes, on all cores (zlib lets go of the GIL), then one of those CRCs in order: about
     1 to 2 GB/s per core (bench/bench_checkpoint.py)."""
@@ -157,7 +167,20 @@ def read_checkpoint(path: Path) -> dict:
                         "--init-from starts a new run from its weights")
     if "checksum" in ckpt and tensor_checksum(ckpt) != ckpt["checksum"]:
         raise CheckpointDamaged(f"{path} is damaged: its tensors do not match the checksum saved with them")
+    if bad := non_finite([ckpt["model"], ckpt["optimizer"]]):
+        raise CheckpointNotFinite(f"{path} holds NaN or inf in {bad} tensors (saved after training diverged)")
     return ckpt
+
+
+def newest_finite(log_dir: str | Path) -> Path | None:
+    """The newest checkpoint in the log dir that loads, matches its checksum and holds finite numbers only."""
+    for path in reversed(list_checkpoints(log_dir)):
+        try:
+            read_checkpoint(path)
+            return path
+        except UserError:
+            continue
+    return None
 
 
 def head_of(path: Path) -> dict | None:
@@ -181,9 +204,13 @@ def save_checkpoint(path: Path, state: dict, keep: int) -> None:
     """Write durably: a temp file, fsync'd, renamed over the name, then the folder fsync'd (so a network filesystem
     cannot lose the rename), with a CRC32 of the tensors that loading verifies. A full disk is a UserError with the
     sizes, the temp file removed, older checkpoints untouched. Then delete all but the newest `keep` checkpoints,
-    only ones this script wrote and can read, and never the one a run ended with (state["final"])."""
+    only ones this script wrote and can read, and never one that ends an lr schedule (state["final"]: the last step of
+    its --epochs; where a --max-steps stops is not one, so chained --max-steps runs rotate)."""
     if path.exists() and (head := head_of(path)) is not None and any(k not in head for k in OURS):
         raise UserError(f"{path} is another script's checkpoint - not overwriting it; pass another --log-dir")
+    if bad := non_finite([state["model"], state.get("optimizer")]):
+        raise UserError(f"not saving {path}: {bad} tensors of the model or optimizer hold NaN or inf - training "
+                        "diverged; lower --lr and resume from the checkpoint before it")
     state = {**state, "checksum": tensor_checksum(state)}
     tmp = path.with_name(f".{path.name}.tmp")
     try:
@@ -228,7 +255,7 @@ def find_resume(args: argparse.Namespace, config: GPTConfig) -> tuple[Path | Non
     cannot resume from and no good checkpoint of ours before them."""
     log_dir, path, ckpt, skipped, foreign = Path(args.log_dir), None, None, [], []
     present = sorted(p.name for p in log_dir.glob("model_*.pt"))
-    held = f"{args.log_dir}/ holds the checkpoints of a run ({', '.join(present[-3:])})"
+    held = f"{log_dir.absolute()}/ holds the checkpoints of a run ({', '.join(present[-3:])})"
     if args.resume == "none" and present:
         raise UserError(f"{held}; --resume none would start a new run over them - pass another --log-dir (or move "
                         "them away), or --resume auto to continue that run")
@@ -253,7 +280,7 @@ def find_resume(args: argparse.Namespace, config: GPTConfig) -> tuple[Path | Non
             foreign.append(candidate)
     if foreign or others or (skipped and ckpt is None):
         names = ", ".join(p.name for p in sorted(foreign + others)) or "; ".join(skipped)
-        raise UserError(f"{args.log_dir}/ holds checkpoints that --resume auto cannot continue from ({names}) - "
+        raise UserError(f"{log_dir.absolute()}/ holds checkpoints that --resume auto cannot continue from ({names}) - "
                         "start from their weights with --init-from FILE, or from scratch with --resume none, "
                         "either with another --log-dir")
     if ckpt is not None and args.init_from and ckpt["config"].get("init_from") != args.init_from:
@@ -268,6 +295,55 @@ def find_resume(args: argparse.Namespace, config: GPTConfig) -> tuple[Path | Non
         raise UserError(f"{path} was trained with --total-batch-size {ckpt['config'].get('total_batch_size')}; "
                         "resume with the same value (the data position is counted in steps)")
     return path, ckpt, skipped
+
+
+def restore_state(raw: GPT, optimizer: torch.optim.Optimizer, ckpt: dict, cuda: bool) -> None:
+    """The weights, optimizer state and random state of a checkpoint, for an exact resume."""
+    raw.load_state_dict(ckpt["model"])
+    # The optimizer's state holds the moments and the settings they were saved with (lr, weight decay, ...). This
+    # run's options win over those settings, so a changed --weight-decay, --embed-lr or --head-lr applies from here.
+    settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    optimizer.load_state_dict(ckpt["optimizer"])
+    for group, options in zip(optimizer.param_groups, settings):
+        group.update(options)
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    if cuda and len(ckpt["rng"]["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+
+
+def agreed_resume(args: argparse.Namespace, config: GPTConfig, rank: int,
+                  world: int) -> tuple[Path | None, dict | None, list[str]]:
+    """find_resume on rank 0, which tells the others the file, its step and checksum: every rank resumes from the
+    same checkpoint, or none. A rank that cannot read that file, or reads another (a --log-dir on a disk of its own
+    node), is a UserError naming the shared-disk requirement; an error of rank 0's choice is raised on every rank."""
+    if world == 1:
+        return find_resume(args, config)
+    decided = [None, None, None, None]  # the checkpoint as the options name it, its step and checksum, rank 0's error
+    if rank == 0:
+        try:
+            path, ckpt, skipped = find_resume(args, config)
+            if ckpt is not None:
+                decided[:3] = [str(path), ckpt["step"], ckpt.get("checksum")]
+        except UserError as e:
+            decided[3] = e
+    dist.broadcast_object_list(decided, src=0)
+    name, step, checksum, error = decided
+    if error is not None:
+        raise error
+    if rank == 0:
+        return path, ckpt, skipped
+    if name is None:
+        return None, None, []
+    where = f"rank {rank} on {socket.gethostname()}"
+    shared = ("- the --log-dir must be on storage every node sees (a shared disk or network volume): every rank "
+              "resumes from rank 0's checkpoints")
+    if not Path(name).is_file():
+        raise UserError(f"{where} cannot see {Path(name).absolute()}, the checkpoint rank 0 resumes from {shared}")
+    ckpt = read_checkpoint(Path(name))
+    if (ckpt["step"], ckpt.get("checksum")) != (step, checksum):
+        raise UserError(f"{where} reads another file at {Path(name).absolute()} (step {ckpt['step']}) than rank 0 "
+                        f"(step {step}) {shared}")
+    return Path(name), ckpt, []
 
 
 def peer_weights(ckpt: object, path: Path) -> tuple[GPTConfig, dict, str | None]:
@@ -331,6 +407,9 @@ def load_file_model(spec: str, device: str | torch.device = "cpu") -> tuple[GPT 
     if isinstance(ckpt, dict) and "checksum" in ckpt and tensor_checksum(ckpt) != ckpt["checksum"]:
         raise CheckpointDamaged(f"{path} is damaged: its tensors do not match the checksum saved with them")
     config, state, note = peer_weights(ckpt, path)
+    if bad := non_finite(state):
+        raise CheckpointNotFinite(f"{path} holds NaN or inf in {bad} of its weight tensors (saved after training "
+                                  "diverged) - use an earlier checkpoint")
     try:
         model = build_model(config)
         model.load_state_dict(state)
@@ -366,9 +445,11 @@ def model_files(spec: str) -> list[str]:
     return found
 
 
-def load_newest(spec: str, device: str | torch.device = "cpu") -> tuple[GPT | ModernGPT, dict, str]:
+def load_newest(spec: str, device: str | torch.device = "cpu",
+                script: str = "train_gpt2.py") -> tuple[GPT | ModernGPT, dict, str]:
     """load_model, and the file it loaded. A log dir gives its newest checkpoint that loads: an unreadable newest one
-    (a save cut short by a full disk or a killed pod) is passed over for the one before, with a notice."""
+    (a save cut short by a full disk or a killed pod, or non-finite) is passed over for the one before, with a notice
+    that starts with the script's name."""
     candidates = model_files(spec)
     for i, candidate in enumerate(candidates):
         try:
@@ -376,14 +457,15 @@ def load_newest(spec: str, device: str | torch.device = "cpu") -> tuple[GPT | Mo
         except UserError as e:
             if i == len(candidates) - 1:
                 raise
-            print(f"notice: skipping {e}", file=sys.stderr)
+            print(f"{script}: notice: {e} - skipping it for the checkpoint before", file=sys.stderr)
 
 
-def load_model(spec: str, device: str | torch.device = "cpu") -> tuple[GPT | ModernGPT, dict]:
+def load_model(spec: str, device: str | torch.device = "cpu",
+               script: str = "train_gpt2.py") -> tuple[GPT | ModernGPT, dict]:
     """(GPT or ModernGPT, as its recipe says, in eval mode on device, its training config or {}) from a checkpoint
     of this script, build-nanogpt or nanoGPT, a log dir (its newest checkpoint), an OpenAI name (gpt2 ... gpt2-xl)
     or a Hugging Face GPT-2 folder; UserError when it cannot. (hellaswag.py, infer.py and --init-from use it.)"""
-    return load_newest(spec, device)[:2]
+    return load_newest(spec, device, script)[:2]
 
 
 def init_weights(args: argparse.Namespace) -> tuple[GPTConfig, dict]:
@@ -439,8 +521,8 @@ def lock_log_dir(log_dir: str) -> None:
         except BlockingIOError:
             other = printable(os.read(fd, 200).decode(errors="replace")) or "a process starting up"
             os.close(fd)
-            raise UserError(f"{log_dir}/ is in use by another training run ({other}) - wait for it or stop it, "
-                            "or pass another --log-dir") from None
+            raise UserError(f"{Path(log_dir).absolute()}/ is in use by another training run ({other}) - wait for it "
+                            "or stop it, or pass another --log-dir") from None
         except OSError:  # a filesystem without flock: the file still names us
             pass
         if path.exists() and os.stat(path).st_ino == os.fstat(fd).st_ino:

@@ -39,6 +39,7 @@ import math
 import multiprocessing as mp
 import os
 import re
+import shlex
 import shutil
 import signal
 import sys
@@ -532,6 +533,29 @@ def _source_config(args: argparse.Namespace) -> dict:
     source = "demo" if args.demo else args.dataset
     return {"source": source, "name": None if args.demo else args.name, "text_column": args.text_column,
             "shard_size": args.shard_size, "max_tokens": args.max_tokens}
+
+
+def unfinished_prep(folder: str | Path) -> str | None:
+    """None when the folder's prep finished (or it has no state file: shards made elsewhere); else one line naming
+    the folder (absolute) and the fineweb.py command that finishes it."""
+    out = Path(folder).absolute()
+    try:
+        state = json.loads((out / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(state, dict) or state.get("done", True):
+        return None
+    config, defaults = state.get("config") or {}, vars(get_args([]))
+    cmd = ["python fineweb.py", "--out", shlex.quote(str(out))]
+    if config.get("source") == "demo":
+        cmd.append("--demo")
+    elif config.get("source"):
+        cmd += ["--dataset", shlex.quote(str(config["source"]))]
+    for key in ("name", "text_column", "shard_size", "max_tokens"):
+        if config.get(key) is not None and config.get(key) != defaults[key] and config.get("source") != "demo":
+            cmd += [f"--{key.replace('_', '-')}", shlex.quote(str(config[key]))]
+    return (f"the prep of {out}/ is unfinished ({len(state.get('shards', []))} shards so far, {STATE_FILE} says not "
+            f"done) - finish it with: {' '.join(cmd)}")
 
 
 def _save_state(out: Path, state: dict, name: str = STATE_FILE) -> None:

@@ -217,6 +217,19 @@ def render(examples: list[dict], block_size: int) -> tuple[list[list[int]], list
     return rows, n_end
 
 
+def count_cut(examples: list[dict], block_size: int) -> int:
+    """How many examples have an ending whose row is longer than block_size, so render cuts its context."""
+    enc = get_tokenizer()
+    ctx = enc.encode_ordinary_batch([ex["ctx"] for ex in examples])
+    ends = enc.encode_ordinary_batch([" " + max(ex["endings"], key=len) for ex in examples])
+    return sum(len(c) + len(e) > block_size for c, e in zip(ctx, ends))
+
+
+def cut_notice(cut: int, n: int, block_size: int) -> str:
+    """The words for examples cut to fit the model's context ("" when none was)."""
+    return f"{cut} of {n} examples longer than the model's {block_size} tokens, cut from the left" if cut else ""
+
+
 def padded_length(n: int, block_size: int) -> int:
     """The row length a batch is padded to: a multiple of ROW_STEP, at most block_size. (Examples are scored in
     order of length, so a batch's rows are alike and little of the padding is computed in vain.)"""
@@ -296,21 +309,40 @@ def summarize(loss_sum: torch.Tensor, counts: torch.Tensor, labels: torch.Tensor
 def evaluate(model: torch.nn.Module, examples: list[dict], device: str | torch.device, batch_size: int = 32,
              rank: int = 0, world_size: int = 1, autocast_dtype: torch.dtype | None = None,
              progress: bool = False) -> dict:
-    """acc, acc_norm, n, correct, correct_norm over examples. Under DDP every rank calls this and scores
-    examples[rank::world_size]; the counts are summed over ranks, so every rank returns the same totals."""
+    """acc, acc_norm, n, correct, correct_norm, cut (examples cut to the model's context) over examples. Under DDP
+    every rank calls this and scores examples[rank::world_size]; the counts are summed over ranks, so every rank
+    returns the same totals."""
     share = examples[rank::world_size]
-    correct = correct_norm = 0
+    correct = correct_norm = cut = 0
     if share:
         loss_sum, counts = score(model, share, device, batch_size, autocast_dtype, progress and rank == 0)
         correct, correct_norm = summarize(loss_sum, counts, torch.tensor([ex["label"] for ex in share]))
-    totals = [correct, correct_norm, len(share)]
+        cut = count_cut(share, context_length(model))
+    totals = [correct, correct_norm, len(share), cut]
     if world_size > 1 and dist.is_available() and dist.is_initialized():
         t = torch.tensor(totals, dtype=torch.long, device=device)
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         totals = t.tolist()
-    correct, correct_norm, n = totals
+    correct, correct_norm, n, cut = totals
     return dict(acc=correct / max(n, 1), acc_norm=correct_norm / max(n, 1), n=n, correct=correct,
-                correct_norm=correct_norm)
+                correct_norm=correct_norm, cut=cut)
+
+
+def load_for_training(path: str | None, world: int, device: str) -> tuple[list | None, str | None]:
+    """The examples of train_gpt2.py's evals: (examples, None), or (None, why not) when the data is missing and cannot
+    be downloaded. Under DDP every rank loads it (downloads are atomic per process) and they agree: HellaSwag runs
+    only if every rank has it."""
+    try:
+        examples, why = load_examples(path), None
+    except HellaSwagUnavailable as e:
+        # hellaswag.py's advice, with the name train_gpt2.py gives the option
+        examples, why = None, str(e).replace("--data FILE", "--hellaswag-data FILE")
+    if world > 1:
+        ready = torch.tensor(int(examples is not None), device=device)
+        dist.all_reduce(ready)  # a rank without the data would skip collectives the others wait in
+        if ready.item() < world:
+            examples, why = None, why or "HellaSwag data missing on another process"
+    return examples, why
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -324,13 +356,15 @@ def main(argv: list[str] | None = None) -> None:
         if not examples:
             raise UserError(f"{args.data or args.split} holds no examples")
         device = pick_device(args.device)
-        model = load_model(args.model, device)[0]
+        model = load_model(args.model, device, "hellaswag.py")[0]
     except (UserError, OSError) as e:
         fail("hellaswag.py", first_line(e))
     autocast = torch.bfloat16 if args.dtype == "bfloat16" else None
     print(f"hellaswag.py: {args.model} on {device}, {len(examples)} examples from "
           f"{args.data or Path(args.cache_dir) / f'hellaswag_{args.split}.jsonl'}", file=sys.stderr)
 
+    if cut := count_cut(examples, context_length(model)):
+        print(f"hellaswag.py: notice: {cut_notice(cut, len(examples), context_length(model))}", file=sys.stderr)
     t0 = time.perf_counter()
     loss_sum, counts = score(model, examples, device, args.batch_size, autocast, progress=True)
     dt = time.perf_counter() - t0

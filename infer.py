@@ -158,13 +158,15 @@ def run(args: argparse.Namespace) -> None:
         raise UserError(f"--export-hf {args.export_hf} is a file - pass a folder")
     prompt = None
     if args.prompt is not None:
+        if args.prompt == "-" and (sys.stdin is None or sys.stdin.closed):
+            raise UserError("the prompt - reads stdin, but stdin is closed - pipe the text in, or pass it instead")
         prompt = sys.stdin.read().removesuffix("\n") if args.prompt == "-" else args.prompt
         if not prompt:
             raise UserError("the prompt is empty - pass some text to continue")
 
     device = pick_device(args.device)
     dtype = args.dtype or ("bfloat16" if device == "cuda" else "float32")
-    model, _, spec = load_newest(args.checkpoint, device)
+    model, _, spec = load_newest(args.checkpoint, device, "infer.py")
     enc = get_tokenizer()
     tokens = enc.encode(prompt or "", allowed_special={"<|endoftext|>"})
     if len(tokens) > model.config.block_size:

@@ -112,7 +112,7 @@ def check_shards(args: argparse.Namespace, pf: Preflight) -> bool:
     return pf.check("shards", bool(tokens["train"]),
                     f"{len(names)} shards, {tokens['train']:,} train + {tokens['val']:,} val tokens; start, middle "
                     f"and end of each read: 1-D uint16, ids < {GPT2_VOCAB}" if tokens["train"] else
-                    f"no training shards in {args.data}/ - run fineweb.py")
+                    f"no training shards in {Path(args.data).absolute()}/ - run fineweb.py")
 
 
 def preflight_steps(run, pf: Preflight) -> str:
@@ -285,7 +285,10 @@ def preflight(args: argparse.Namespace, start_run: Callable) -> int:
     Returns 1 when a check failed."""
     pf = Preflight([], {"batch_size": args.batch_size})
     if not Path(args.data).is_dir() or not check_shards(args, pf):
-        raise UserError(pf.checks[-1][2] if pf.checks else f"no data folder {args.data}/ - run python fineweb.py")
+        raise UserError(pf.checks[-1][2] if pf.checks else f"no data folder {Path(args.data).absolute()}/ - run "
+                        "python fineweb.py")
+    if unfinished := fineweb.unfinished_prep(args.data):
+        raise UserError(unfinished)
     run = start_run(args)
     start = run.step
     pf.figures.update(steps_per_epoch=run.train_data.steps_per_epoch, total_steps=run.total_steps,

@@ -233,22 +233,6 @@ def sample_texts(model: GPT, device: str, seed: int, autocast, n: int = 2, max_n
     return [enc.decode(prompt + row) for row in rows]
 
 
-def load_hellaswag_examples(path: str | None, world: int, device: str) -> tuple[list | None, str | None]:
-    """(examples, None), or (None, why not) when the data is missing and cannot be downloaded. Under DDP every rank
-    loads it (downloads are atomic per process) and they agree: HellaSwag runs only if every rank has it."""
-    try:
-        examples, why = hellaswag.load_examples(path), None
-    except hellaswag.HellaSwagUnavailable as e:
-        # hellaswag.py's advice, with the name this script gives the option
-        examples, why = None, str(e).replace("--data FILE", "--hellaswag-data FILE")
-    if world > 1:
-        ready = torch.tensor(int(examples is not None), device=device)
-        dist.all_reduce(ready)  # a rank without the data would skip collectives the others wait in
-        if ready.item() < world:
-            examples, why = None, why or "HellaSwag data missing on another process"
-    return examples, why
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # run plumbing: devices, processes, logs, signals
 
@@ -340,7 +324,8 @@ class RunLog:
                 self.wandb.log(numbers, step=fields.get("step"))
 
 
-STOP = {}  # the signal (SIGTERM, SIGINT or SIGHUP) that asked training to stop, set by request_stop
+STOP = {}  # the signal (SIGTERM, SIGINT or SIGHUP) that asked this rank to stop, set by request_stop
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)  # when ranks got different ones, the first here wins
 
 
 def request_stop(signum: int, frame) -> None:
@@ -351,6 +336,10 @@ def request_stop(signum: int, frame) -> None:
 
 class AlreadyFinished(UserError):
     """The checkpoint to continue from has trained every step the options ask for."""
+
+
+class Diverged(UserError):
+    """The loss or the gradient norm of a step is not finite; the step was not taken."""
 
 
 class Interrupted(Exception):
@@ -364,9 +353,11 @@ def interrupt(signum: int, frame) -> None:
 # ----------------------------------------------------------------------------------------------------------------------
 # config
 
-PRESETS = {  # a preset only changes defaults: an explicit flag always wins
+# A preset only changes defaults: an explicit flag always wins. The demo scores no HellaSwag: its 64-token model would
+# see a cut context in nearly every example, and the full set takes longer than its training on a CPU.
+PRESETS = {
     "demo": dict(data="demo_shards", n_layer=4, n_head=4, n_embd=64, batch_size=8, seq_len=64, total_batch_size=512,
-                 epochs=0.25, lr=1e-2, warmup_steps=20, eval_every=50, val_steps=4, hellaswag_every=100_000,
+                 epochs=0.25, lr=1e-2, warmup_steps=20, eval_every=50, val_steps=4, hellaswag_every=0,
                  sample_every=100, checkpoint_every=100, log_dir="log/demo")}
 
 
@@ -416,7 +407,7 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     # checkpoints
     p.add_argument("--checkpoint-every", type=int, default=1000, help="save a checkpoint every N steps and at the end")
     p.add_argument("--keep-checkpoints", type=int, default=3,
-                   help="keep only the newest N checkpoints, and the last of each run (0 = keep all)")
+                   help="keep only the newest N checkpoints, and the last of each --epochs schedule (0 = keep all)")
     p.add_argument("--resume", default="auto", help="auto (newest valid checkpoint in --log-dir), a path, or none")
     p.add_argument("--init-from", default=None, help="a new run from these weights (step 0, fresh optimizer): a "
                    "checkpoint of train_gpt2.py, build-nanogpt or nanoGPT, gpt2 ... gpt2-xl or a Hugging Face folder")
@@ -457,6 +448,9 @@ def check_args(args: argparse.Namespace, world_size: int) -> None:
                 "checkpoint_every", "warmup_steps"):
         if getattr(args, key) < 1:
             raise UserError(f"--{key.replace('_', '-')} must be positive, got {getattr(args, key)}")
+    if args.recipe == "modern" and args.n_embd // args.n_head % 2:
+        raise UserError(f"--recipe modern needs an even head size for its rotary positions, but --n-embd {args.n_embd} "
+                        f"/ --n-head {args.n_head} = {args.n_embd / args.n_head:g} - change one")
     if min(args.muon_lr, args.embed_lr, args.head_lr) <= 0 or not 0 <= args.cooldown <= 1:
         raise UserError("--muon-lr, --embed-lr and --head-lr must be positive, --cooldown between 0 and 1")
     if not (0 < args.epochs < math.inf and 0 < args.lr < math.inf and 0 <= args.grad_clip < math.inf) or \
@@ -504,9 +498,10 @@ class Run:
     dt_avg: float | None = None  # seconds per step, smoothed, for the eta
     lr_join: tuple[int, float] | None = None  # (step, lr) where a longer schedule began: get_lr ramps from there
 
-    def train_step(self) -> bool:
+    def train_step(self) -> int:
         """One optimizer step at self.step, as in the lecture: the micro-steps (batch, forward under autocast,
-        backward), clipping, optimizer.step(); then its log line. Returns whether a rank was asked to stop."""
+        backward), clipping, optimizer.step(); then its log line. Returns the stop signal the ranks agreed on (0:
+        none). A non-finite loss or gradient norm stops the run before the step, so the weights stay finite."""
         t0, step, args = time.time(), self.step, self.args
         lr = get_lr(step, self.total_steps, args, self.lr_join)
         loss_sum = torch.zeros((), device=self.device)
@@ -521,41 +516,52 @@ class Run:
             loss.backward()
         # --grad-clip 0: the norm is measured, the gradient left as it is
         norm = torch.nn.utils.clip_grad_norm_(self.raw.parameters(), args.grad_clip or math.inf)
+        loss, norm, stop = self.sync(loss_sum, norm)
         # the modern recipe's groups each scale the lr (lr_scale); classic's have none
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return self.log_step(loss_sum, norm, lr, t0)
+        self.log_step(loss, norm, lr, t0)
+        return stop
 
-    def log_step(self, loss: torch.Tensor, norm: torch.Tensor, lr: float, t0: float) -> bool:
-        """The step's one host sync, then its line on the terminal and in the logs (t0: when the step began).
-        Returns whether a rank was asked to stop; UserError when the loss is not finite."""
+    def sync(self, loss: torch.Tensor, norm: torch.Tensor) -> tuple[float, float, int]:
+        """The step's one host sync, before the optimizer step: (loss, gradient norm, stop signal), the same on every
+        rank. Diverged (a UserError) when the loss or the norm is not finite: nothing non-finite reaches the weights."""
+        # the stop signals each rank received, one count per kind, summed over the ranks with the loss and norm
+        asked = [float(STOP.get("signal") == s) for s in STOP_SIGNALS]
+        stats = torch.cat([torch.stack([loss.float(), norm.float()]), torch.tensor(asked, device=self.device)])
+        if self.world > 1:
+            dist.all_reduce(stats)  # summed over ranks: a stop on any rank stops all at this step, with one signal
+        loss, norm, *counts = stats.tolist()
+        loss, norm = loss / self.world, norm / self.world  # every rank clipped the same all-reduced gradient
+        if not (math.isfinite(loss) and math.isfinite(norm)):
+            self.log.event("end", step=self.step, status="diverged")
+            good = checkpoints.newest_finite(self.args.log_dir)
+            raise Diverged(f"{'loss' if not math.isfinite(loss) else 'gradient norm'} is "
+                           f"{loss if not math.isfinite(loss) else norm} at step {self.step} - training diverged, "
+                           f"stopped before the weights took it; the last good checkpoint is "
+                           f"{good.resolve() if good else 'none'}; lower --lr and resume from it")
+        return loss, norm, next((int(s) for s, n in zip(STOP_SIGNALS, counts) if n), 0)
+
+    def log_step(self, loss: float, norm: float, lr: float, t0: float) -> None:
+        """The step's line on the terminal and in the logs (t0: when the step began)."""
         step, args, world = self.step, self.args, self.world
-        stats = torch.stack([loss.float(), norm.float(), torch.full((), float(bool(STOP)), device=self.device)])
-        if world > 1:
-            dist.all_reduce(stats)  # summed over ranks: a stop on any rank stops all at this step
-        loss, norm, stop = stats.tolist()  # the one host sync of the step
-        loss, norm = loss / world, norm / world  # every rank clipped the same all-reduced gradient
-        if not math.isfinite(loss):
-            self.log.event("end", step=step, status="diverged")
-            good = checkpoints.list_checkpoints(args.log_dir)
-            raise UserError(f"loss is {loss} at step {step} - training diverged; the last good checkpoint is "
-                            f"{good[-1] if good else 'none'}; lower --lr and resume from it")
         dt = time.time() - t0
         # seconds per step for the eta: a moving average from step 3 on (the first steps compile)
         self.dt_avg = dt if self.dt_avg is None or step < 3 else 0.9 * self.dt_avg + 0.1 * dt
-        eta = timedelta(seconds=int(self.dt_avg * (self.last_step - step - 1)))
+        eta = timedelta(seconds=int(self.dt_avg * max(0, self.last_step - step - 1)))
         tok_s, peak = args.total_batch_size / dt, peak_flops(self.device)
         flops_s = flops_per_token(self.raw.config, self.raw.num_params(True)) * tok_s
         mfu = flops_s / (peak * world) if peak else None
         epoch = step / self.train_data.steps_per_epoch
-        print0(f"step {step:5d}/{self.last_step} | loss {loss:.6f} | lr {lr:.2e} | norm {norm:.4f} | "
+        # the preflight of a run near its end may step past it
+        of = f"/{self.last_step}" if step < self.last_step else " (past the run's last step)"
+        print0(f"step {step:5d}{of} | loss {loss:.6f} | lr {lr:.2e} | norm {norm:.4f} | "
                f"{dt * 1000:.0f} ms | {tok_s:,.0f} tok/s | mfu {'-' if mfu is None else f'{mfu:.1%}'} | "
                f"epoch {epoch:.3f} | eta {eta}")
         self.log.event("train", step=step, loss=loss, lr=lr, norm=norm, dt_ms=dt * 1000, tok_per_s=tok_s, mfu=mfu,
                        epoch=epoch, tokens=(step + 1) * args.total_batch_size, time=time.time())
-        return bool(stop)
 
     def evaluate(self, step: int) -> None:
         """Val loss, HellaSwag and samples at the steps their --*-every asks for, and at the last step."""
@@ -571,8 +577,11 @@ class Run:
             dtype = torch.bfloat16 if args.dtype == "bfloat16" else None  # the ending losses are fp32 either way
             result = hellaswag.evaluate(self.raw, self.hellaswag_examples, self.device, rank=self.rank,
                                         world_size=self.world, autocast_dtype=dtype)
-            print0(f"step {step:5d} | HellaSwag acc_norm {result['acc_norm']:.4f} ({result['n']} examples)")
-            self.log.event("hellaswag", step=step, acc=result["acc"], acc_norm=result["acc_norm"], n=result["n"])
+            block = self.raw.config.block_size
+            n = hellaswag.cut_notice(result["cut"], result["n"], block) or f"{result['n']} examples"
+            print0(f"step {step:5d} | HellaSwag acc_norm {result['acc_norm']:.4f} ({n})")
+            self.log.event("hellaswag", step=step, acc=result["acc"], acc_norm=result["acc_norm"], n=result["n"],
+                           cut=result["cut"])
         if due(args.sample_every) and self.rank == 0:
             for text in sample_texts(self.raw, self.device, args.seed + step, self.autocast):
                 print0(f"sample: {text!r}")
@@ -593,7 +602,7 @@ class Run:
                 "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if cuda else []},
                 "config": vars(self.args), "model_config": asdict(self.raw.config), "val_loss": self.last_val,
                 "val_step": self.last_val_step,
-                "total_steps": self.total_steps, "lr_join": self.lr_join, "final": step == self.last_step}, keep)
+                "total_steps": self.total_steps, "lr_join": self.lr_join, "final": step == self.total_steps}, keep)
             print0(f"saved {path}")
             self.log.event("checkpoint", step=step, path=str(path))
         if self.world > 1:
@@ -603,14 +612,18 @@ class Run:
 def open_data(args: argparse.Namespace, vocab_size: int) -> tuple[ShardLoader, ShardLoader, int]:
     """The train and val loaders of --data, and the val steps there is data for; UserError when it cannot train."""
     if not Path(args.data).is_dir():
-        raise UserError(f"no data folder {args.data}/ - run python fineweb.py (or fineweb.py --demo for demo_shards/)")
+        raise UserError(f"no data folder {Path(args.data).absolute()}/ - run python fineweb.py (or fineweb.py --demo "
+                        "for demo_shards/)")
+    if unfinished := fineweb.unfinished_prep(args.data):
+        raise UserError(unfinished)
     seqs_per_step = args.total_batch_size // args.seq_len
     train_data = ShardLoader(args.data, "train", args.seq_len, seqs_per_step, args.seed, vocab_size=vocab_size)
     if train_data.steps_per_epoch == 0:
         what = "no training shards"
         if train_data.shards:
             what = f"only {train_data.n_seqs * args.seq_len:,} tokens in training shards"
-        raise UserError(f"{args.data}/ has {what}, less than one step of --total-batch-size {args.total_batch_size} - "
+        raise UserError(f"{Path(args.data).absolute()}/ has {what}, less than one step of --total-batch-size "
+                        f"{args.total_batch_size} - "
                         "run fineweb.py to write shards, or lower --total-batch-size")
     val_data = ShardLoader(args.data, "val", args.seq_len, seqs_per_step, args.seed, shuffle=False,
                            vocab_size=vocab_size)
@@ -618,20 +631,6 @@ def open_data(args: argparse.Namespace, vocab_size: int) -> tuple[ShardLoader, S
     if args.eval_every and not val_steps:
         print0(f"train_gpt2.py: notice: no val shard in {args.data}/ with a full batch - val loss off")
     return train_data, val_data, val_steps
-
-
-def restore_state(raw: GPT, optimizer: torch.optim.Optimizer, ckpt: dict, cuda: bool) -> None:
-    """The weights, optimizer state and random state of a checkpoint, for an exact resume."""
-    raw.load_state_dict(ckpt["model"])
-    # The optimizer's state holds the moments and the settings they were saved with (lr, weight decay, ...). This
-    # run's options win over those settings, so a changed --weight-decay, --embed-lr or --head-lr applies from here.
-    settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
-    optimizer.load_state_dict(ckpt["optimizer"])
-    for group, options in zip(optimizer.param_groups, settings):
-        group.update(options)
-    torch.set_rng_state(ckpt["rng"]["torch"])
-    if cuda and len(ckpt["rng"]["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
 
 
 def announce(run: Run, config: GPTConfig, first_step: int) -> None:
@@ -664,6 +663,9 @@ def start_run(args: argparse.Namespace) -> Run:
         autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
     if cuda:
         torch.set_float32_matmul_precision("high")
+    elif args.dtype == "bfloat16":
+        print0(f"train_gpt2.py: notice: --dtype bfloat16 on {device} runs about 11x slower than float32 (measured on a "
+               "CPU: 7.5 s vs 0.65 s a demo step) - leave --dtype out for float32")
     # --init-from: (config, weights), and args.n_* take its shape
     init = checkpoints.init_weights(args) if args.init_from else None
     config = init[0] if init else GPTConfig(block_size=args.seq_len, n_layer=args.n_layer, n_head=args.n_head,
@@ -674,7 +676,7 @@ def start_run(args: argparse.Namespace) -> Run:
     last_step = min(total_steps, args.max_steps) if args.max_steps else total_steps
 
     torch.manual_seed(args.seed)
-    ckpt_path, ckpt, skipped = checkpoints.find_resume(args, config)
+    ckpt_path, ckpt, skipped = checkpoints.agreed_resume(args, config, rank, world)
     if ckpt is not None and ckpt["step"] >= last_step:  # nothing left to train: said before any GPU work
         raise AlreadyFinished(f"{ckpt_path} already trained step {ckpt['step']} of {last_step} - pass a larger "
                               "--epochs (or --max-steps) to train on, or another --log-dir to start a new run")
@@ -684,7 +686,7 @@ def start_run(args: argparse.Namespace) -> Run:
     raw = raw.to(device)
     optimizer = make_optimizer(raw, args, device)
     if ckpt is not None:
-        restore_state(raw, optimizer, ckpt, cuda)
+        checkpoints.restore_state(raw, optimizer, ckpt, cuda)
     if is_master:
         checkpoints.check_free_space(args.log_dir, raw)
     # train and val run the compiled model at one shape; samples and HellaSwag use raw
@@ -704,7 +706,7 @@ def start_run(args: argparse.Namespace) -> Run:
     elif init:
         print0(f"starting from the weights of {args.init_from} at step 0, with a fresh optimizer")
     if args.hellaswag_every and run.step < run.last_step:
-        run.hellaswag_examples, why = load_hellaswag_examples(args.hellaswag_data, world, device)
+        run.hellaswag_examples, why = hellaswag.load_for_training(args.hellaswag_data, world, device)
         if why:
             print0(f"train_gpt2.py: notice: {why} - training without HellaSwag evals")
     return run
@@ -760,12 +762,17 @@ def train(args: argparse.Namespace) -> int:
                 run.save()
             if stop and run.step < run.last_step:
                 print0(f"train_gpt2.py: stopped at step {run.step}; --resume auto continues from the checkpoint")
-                run.log.event("stop", step=run.step, signal=signal.Signals(STOP["signal"]).name)
+                run.log.event("stop", step=run.step, signal=signal.Signals(stop).name)
                 run.log.event("end", step=run.step, status="interrupted")
-                return 128 + STOP["signal"]
+                return 128 + stop
     except torch.cuda.OutOfMemoryError:
         raise UserError(f"CUDA out of memory at --batch-size {args.batch_size} - lower --batch-size (gradient "
                         f"accumulation keeps the total batch at {args.total_batch_size} tokens)") from None
+    except RuntimeError as e:
+        if "can't allocate memory" not in str(e):
+            raise
+        raise UserError(f"out of memory on {run.device} at --batch-size {args.batch_size}: the allocator could not get "
+                        "the memory - lower --batch-size (gradient accumulation keeps --total-batch-size)") from None
     finally:
         run.log.close()
         checkpoints.release_log_dirs()

@@ -283,6 +283,21 @@ def test_cli_scores_a_local_file_with_a_hugging_face_folder(tmp_path, tiny_hf_di
     assert "examples/s" in proc.stdout and "--- example 0: label" in proc.stdout and "picked" in proc.stdout
 
 
+def test_examples_longer_than_the_context_are_counted_and_said(tmp_path, tiny_hf_dir, tiny_gpt):
+    examples = make_examples(6, seed=3, long_every=3)  # two contexts past 128 tokens, the model's context
+    assert hellaswag.evaluate(tiny_gpt, examples, "cpu")["cut"] == 2
+    data = write_jsonl(tmp_path / "hs.jsonl", examples)
+    proc = subprocess.run([sys.executable, str(ROOT / "hellaswag.py"), "--model", str(tiny_hf_dir), "--data",
+                           str(data), "--device", "cpu"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "notice: 2 of 6 examples longer than the model's 128 tokens, cut from the left" in proc.stderr
+
+
+def test_the_demo_preset_scores_no_hellaswag():
+    import train_gpt2
+    assert train_gpt2.get_args(["--preset", "demo"]).hellaswag_every == 0
+
+
 def test_cli_bad_model_or_data_exits_with_one_line(tmp_path):
     data = write_jsonl(tmp_path / "hs.jsonl", make_examples(2))
     for argv, needle in [(["--model", str(tmp_path / "nope.pt"), "--data", str(data)], "no such file or folder"),

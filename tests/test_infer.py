@@ -249,3 +249,14 @@ def test_a_log_dir_whose_newest_checkpoint_is_cut_short_samples_from_the_one_bef
                            "--num-samples", "1")
     assert out == expected
     assert "skipping" in err and "model_00020.pt" in err and "loaded " + str(tmp_path / "model_00010.pt") in err
+    notice = next(line for line in err.splitlines() if "skipping" in line)
+    assert notice.startswith(f"infer.py: notice: could not load {tmp_path / 'model_00020.pt'}: truncated")
+    assert notice.endswith(" - skipping it for the checkpoint before")
+
+
+def test_prompt_dash_with_stdin_closed_is_one_line(log_dir):
+    r = subprocess.run(["bash", "-c", f'"{sys.executable}" "{ROOT / "infer.py"}" "{log_dir}" - <&-'],
+                       capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith("infer.py: ") and "stdin is closed" in line

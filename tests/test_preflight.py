@@ -259,3 +259,14 @@ def test_gpu_check_script_runs_tiny_on_cpu_and_prints_the_results_table():
                 "| exact resume (resumed vs one run) | 0 (from step 1 on: 0) - identical |"):
         assert row in table
     assert "**" not in table  # no part failed or timed out
+
+
+def test_a_preflight_near_the_end_of_a_run_prints_no_step_past_its_total_nor_a_negative_eta(shards, tmp_path, capsys):
+    run = [SCRIPT, *TINY[:-3], *QUIET, "--data", str(shards), "--log-dir", str(tmp_path), "--epochs", "0.1"]
+    assert subprocess.run([sys.executable, *run, "--max-steps", "2"], capture_output=True, cwd=ROOT).returncode == 0
+    assert preflight(*QUIET, "--data", str(shards), "--log-dir", str(tmp_path), "--epochs", "0.1",
+                     "--preflight-steps", "3") == 0  # steps 2, 3 and 4 of a run that ends at 3
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
+    assert [line.split("|")[0].strip() for line in lines] == \
+           ["step     2/3", "step     3 (past the run's last step)", "step     4 (past the run's last step)"]
+    assert not any("day" in line for line in lines)

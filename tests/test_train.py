@@ -4,6 +4,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import warnings
@@ -168,14 +169,19 @@ def test_resume_reproduces_uninterrupted_losses(tiny_shards, tmp_path):
     assert sorted(p.name for p in straight.glob("model_*.pt")) == ["model_00005.pt", "model_00006.pt"]
 
 
-def test_rotation_keeps_the_newest_checkpoints_and_every_final_one(tiny_shards, tmp_path):
+def test_rotation_keeps_the_newest_checkpoints_and_the_end_of_every_schedule(tiny_shards, tmp_path):
     args = ["--data", str(tiny_shards), "--log-dir", str(tmp_path), "--checkpoint-every", "1",
             "--keep-checkpoints", "1"]
-    assert train(*args, "--max-steps", "2").returncode == 0
+    # chained --max-steps runs on one schedule rotate as one run
+    assert train(*args, "--epochs", "0.1", "--max-steps", "1").returncode == 0
+    assert train(*args, "--epochs", "0.1", "--max-steps", "2").returncode == 0
     assert sorted(p.name for p in tmp_path.glob("model_*.pt")) == ["model_00002.pt"]
-    assert train(*args, "--max-steps", "5").returncode == 0  # a continued run rotates its own, not the first's end
-    assert sorted(p.name for p in tmp_path.glob("model_*.pt")) == ["model_00002.pt", "model_00005.pt"]
-    assert torch.load(tmp_path / "model_00005.pt", weights_only=True)["final"] is True
+    # the end of a schedule (0.1 epochs: 3 steps) stays when a longer one continues it
+    assert train(*args, "--epochs", "0.1").returncode == 0
+    assert train(*args, "--epochs", "0.2", "--max-steps", "5").returncode == 0
+    assert sorted(p.name for p in tmp_path.glob("model_*.pt")) == ["model_00003.pt", "model_00005.pt"]
+    assert torch.load(tmp_path / "model_00003.pt", weights_only=True)["final"] is True
+    assert torch.load(tmp_path / "model_00005.pt", weights_only=True)["final"] is False
 
 
 def test_wandb_offline_run_receives_the_logged_metrics(tiny_shards, tmp_path):
@@ -226,6 +232,64 @@ def test_sigterm_saves_a_checkpoint_that_resume_auto_continues(tiny_shards, tmp_
     assert [r["step"] for r in events(tmp_path, "train")][-3:] == [step - 1, step, step + 1]
 
 
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+
+
+def worker_pid(launcher: int, rank: int) -> int:
+    """The pid of torchrun's worker of this rank (a child of the launcher with RANK=rank in its environment)."""
+    for pid in Path(f"/proc/{launcher}/task/{launcher}/children").read_text().split():
+        if f"RANK={rank}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+            return int(pid)
+    raise AssertionError(f"no worker of rank {rank}")
+
+
+def test_sigterm_to_one_rank_stops_every_rank_with_that_signal(tiny_shards, tmp_path):
+    cmd = [*TORCHRUN, SCRIPT, *TINY, "--data", str(tiny_shards), "--log-dir", str(tmp_path), "--epochs", "30"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    for line in proc.stdout:  # rank 0's step lines: rank 1, which does not print, gets the signal
+        if re.match(r"step +\d+/\d+ \| loss", line):
+            os.kill(worker_pid(proc.pid, 1), signal.SIGTERM)
+            break
+    out, err = proc.communicate(timeout=120)
+    assert "KeyError" not in err
+    # torchrun's report of each rank: 143; or -15 for rank 0 when torchrun's own SIGTERM, sent once rank 1 has
+    # exited, reaches it while the interpreter shuts down (after its work is done: the events below are written)
+    codes = re.findall(r"exitcode  : (-?\d+)", err)
+    assert len(codes) == 2 and set(codes) <= {str(128 + signal.SIGTERM), str(-signal.SIGTERM)}, err[-3000:]
+    assert str(128 + signal.SIGTERM) in codes
+    (saved,) = tmp_path.glob("model_*.pt")
+    step = torch.load(saved, weights_only=True)["step"]
+    assert events(tmp_path, "stop") == [{"event": "stop", "step": step, "signal": "SIGTERM"}]
+    assert events(tmp_path, "end")[-1] == {"event": "end", "step": step, "status": "interrupted"}
+
+
+NODE_WRAPPER = """
+import os, runpy, sys
+sys.path.insert(0, {root!r})
+os.chdir(os.path.join(os.environ["NODES"], "node" + os.environ["RANK"]))  # each rank a node with its own disk
+sys.argv.pop(0)  # the script and its arguments remain
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_a_rank_that_cannot_see_rank_0s_checkpoint_says_the_log_dir_must_be_shared(tiny_shards, tmp_path):
+    wrapper = tmp_path / "node.py"
+    wrapper.write_text(NODE_WRAPPER.format(root=str(ROOT)))
+    env = {**os.environ, "NODES": str(tmp_path)}
+    for rank in (0, 1):
+        (tmp_path / f"node{rank}").mkdir()
+    args = ["--data", str(tiny_shards), "--log-dir", "log"]
+    first = train(*args, "--max-steps", "2", launcher=[*TORCHRUN, str(wrapper)], env=env)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert (tmp_path / "node0/log/model_00002.pt").exists() and not (tmp_path / "node1/log").exists()
+    second = train(*args, "--max-steps", "4", launcher=[*TORCHRUN, str(wrapper)], env=env)
+    assert second.returncode != 0
+    (line,) = [x for x in second.stderr.splitlines() if x.startswith("train_gpt2.py: ")]
+    assert f"rank 1 on {socket.gethostname()} cannot see {tmp_path / 'node1/log/model_00002.pt'}" in line
+    assert "storage every node sees" in line
+    assert "resuming from" not in second.stdout
+
+
 def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_checkpoint(tiny_shards, tmp_path):
     proc = train("--data", str(tiny_shards), "--log-dir", str(tmp_path), "--lr", "1e9", "--grad-clip", "1e30",
                  "--checkpoint-every", "1", "--max-steps", "10")
@@ -236,11 +300,70 @@ def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_checkpoint(tiny
     assert events(tmp_path, "end")[-1]["status"] == "diverged"
 
 
+def test_a_diverging_run_stops_before_a_nan_reaches_the_weights_and_names_a_finite_checkpoint(tiny_shards, tmp_path):
+    # --lr 1e3: the gradient norm goes non-finite after a few steps; before, that step was taken and saved
+    proc = train("--data", str(tiny_shards), "--log-dir", str(tmp_path), "--lr", "1e3", "--checkpoint-every", "1",
+                 "--max-steps", "20")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    line, = proc.stderr.strip().splitlines()
+    assert "diverged" in line
+    saved = sorted(tmp_path.glob("model_*.pt"))
+    assert saved
+    for path in saved:
+        ckpt = torch.load(path, weights_only=True)
+        assert all(torch.isfinite(t).all() for t in ckpt["model"].values()), path.name
+    named = Path(re.search(r"the last good checkpoint is (\S+);", line).group(1))
+    assert named.is_absolute() and named == saved[-1]
+
+
+def nan_copy(src: Path, dst: Path) -> Path:
+    """A checkpoint as a diverged run saved it: its tensors NaN, its checksum right."""
+    from checkpoints import tensor_checksum
+    ckpt = torch.load(src, weights_only=True)
+    for t in ckpt["model"].values():
+        t.fill_(float("nan"))
+    ckpt["step"] += 1
+    ckpt.pop("checksum", None)
+    torch.save({**ckpt, "checksum": tensor_checksum(ckpt)}, dst)
+    return dst
+
+
+def test_resume_auto_skips_a_non_finite_checkpoint_with_a_notice(tiny_shards, tmp_path):
+    assert train("--data", str(tiny_shards), "--log-dir", str(tmp_path), "--max-steps", "2").returncode == 0
+    nan_copy(tmp_path / "model_00002.pt", tmp_path / "model_00003.pt")
+    proc = train("--data", str(tiny_shards), "--log-dir", str(tmp_path), "--max-steps", "4")
+    assert proc.returncode == 0, proc.stderr
+    assert "resuming from" in proc.stdout and "model_00002.pt at step 2" in proc.stdout
+    assert "NaN or inf" in proc.stderr and "model_00003.pt" in proc.stderr
+    explicit = train("--data", str(tiny_shards), "--log-dir", str(tmp_path / "other"), "--resume",
+                     str(nan_copy(tmp_path / "model_00002.pt", tmp_path / "nan.pt")))
+    assert explicit.returncode == 1 and "NaN or inf" in explicit.stderr and "Traceback" not in explicit.stderr
+
+
+@pytest.mark.parametrize("script", ["infer.py", "hellaswag.py"])
+def test_infer_and_hellaswag_refuse_a_non_finite_checkpoint_in_one_line(demo_run, tmp_path, script):
+    bad = nan_copy(demo_run / "model_00006.pt", tmp_path / "model_00007.pt")
+    data = tmp_path / "hs.jsonl"
+    data.write_text(json.dumps({"ctx": "A man", "endings": ["a", "b", "c", "d"], "label": 1}) + "\n")
+    args = [str(bad), "Hello"] if script == "infer.py" else ["--model", str(bad), "--data", str(data)]
+    proc = subprocess.run([sys.executable, str(ROOT / script), *args, "--device", "cpu"], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 1 and proc.stdout == ""
+    line, = proc.stderr.strip().splitlines()
+    assert line.startswith(f"{script}: ") and "NaN or inf" in line and "model_00007.pt" in line
+
+
 def bad_inputs(tmp_path: Path, tiny_shards: Path) -> dict[str, list[str]]:
     (tmp_path / "empty").mkdir()
     (tmp_path / "truncated.pt").write_bytes(b"PK\x03\x04 not really a zip")
     torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
     (tmp_path / "hellaswag.jsonl").write_text('{"ctx": "A man", "endings": ["a", "b", "c", "d"], "label": 1}\n{oops\n')
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    for shard in tiny_shards.glob("*.npy"):
+        (unfinished / shard.name).write_bytes(shard.read_bytes())
+    (unfinished / fineweb.STATE_FILE).write_text(json.dumps({"version": 2, "config": {"source": "demo"},
+                                                             "shards": [{}, {}, {}], "done": False}))
     return {
         "missing data folder": ["--data", str(tmp_path / "nope")],
         "empty data folder": ["--data", str(tmp_path / "empty")],
@@ -249,11 +372,17 @@ def bad_inputs(tmp_path: Path, tiny_shards: Path) -> dict[str, list[str]]:
         "batch that does not divide": ["--data", str(tiny_shards), "--total-batch-size", "200"],
         "malformed hellaswag data": ["--data", str(tiny_shards), "--hellaswag-every", "1",
                                      "--hellaswag-data", str(tmp_path / "hellaswag.jsonl")],
+        "unfinished prep": ["--data", str(unfinished)],
+        "unfinished prep, preflight": ["--data", str(unfinished), "--preflight"],
+        "modern recipe with an odd head size": ["--data", str(tiny_shards), "--recipe", "modern", "--n-embd", "60",
+                                                "--n-head", "4"],
     }
 
 
 @pytest.mark.parametrize("case", ["missing data folder", "empty data folder", "truncated checkpoint",
-                                  "foreign checkpoint", "batch that does not divide", "malformed hellaswag data"])
+                                  "foreign checkpoint", "batch that does not divide", "malformed hellaswag data",
+                                  "unfinished prep", "unfinished prep, preflight",
+                                  "modern recipe with an odd head size"])
 def test_bad_input_gives_one_line_and_a_nonzero_exit(case, tiny_shards, tmp_path):
     proc = train(*bad_inputs(tmp_path, tiny_shards)[case], "--log-dir", str(tmp_path / "log"))
     assert proc.returncode != 0
@@ -264,3 +393,26 @@ def test_bad_input_gives_one_line_and_a_nonzero_exit(case, tiny_shards, tmp_path
         assert lines[0].endswith("hellaswag.jsonl:2: not valid JSON (Expecting property name enclosed in double "
                                  "quotes)")
         assert " loss " not in proc.stdout
+    if case.startswith("unfinished prep"):
+        assert f"the prep of {tmp_path / 'unfinished'}/ is unfinished (3 shards so far" in lines[0]
+        assert lines[0].endswith(f"finish it with: python fineweb.py --out {tmp_path / 'unfinished'} --demo")
+    if case == "modern recipe with an odd head size":
+        assert "even head size" in lines[0]
+
+
+def test_a_cpu_batch_that_cannot_be_allocated_is_one_line(demo_shards, tmp_path):
+    # logits of 100,000 x 8 positions x 50,304 fp32: 160 GB
+    proc = train("--data", str(demo_shards), "--log-dir", str(tmp_path), "--seq-len", "8", "--batch-size", "100000",
+                 "--total-batch-size", "800000")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("train_gpt2.py: out of memory on cpu at --batch-size 100000")
+    assert "lower --batch-size" in line
+
+
+def test_bf16_on_a_cpu_says_what_it_costs(tiny_shards, tmp_path):
+    proc = train("--data", str(tiny_shards), "--log-dir", str(tmp_path), "--max-steps", "1", "--dtype", "bfloat16")
+    assert proc.returncode == 0, proc.stderr
+    assert "notice: --dtype bfloat16 on cpu runs about 11x slower than float32" in proc.stdout
+    plain = train("--data", str(tiny_shards), "--log-dir", str(tmp_path / "fp32"), "--max-steps", "1")
+    assert "11x slower" not in plain.stdout
