@@ -1,6 +1,7 @@
 """
-What every script of the kit shares: the error type and its one-line exit, the --help formatter and --device.
-Imports no torch (pick_device imports it when called), so fineweb.py can tokenize without it.
+What every script of the kit shares: the error type and its one-line exit, the --help formatter, --device, and how a
+process leaves a torchrun group. Imports no torch (the functions that need it import it when called), so fineweb.py
+can tokenize without it.
 
 --device auto never trains on the CPU of a GPU machine: when nvidia-smi lists GPUs (or /dev/nvidia0 exists) and
 torch sees fewer than the processes need, it stops with one line that says why and how to get a torch this driver
@@ -153,6 +154,24 @@ def pick_device(name: str, processes: int = 1) -> str:
     if name == "mps" and not mps:
         raise UserError("--device mps, but this torch has no MPS support - use --device cpu")
     return name
+
+
+def leave_process_group(code: int, ok: bool) -> None:
+    """End this process's part in the process group (ok: the run ended as planned on every rank; else this rank
+    failed alone, and its peers may be waiting in a collective: torchrun ends them). torch before 2.8 can hang or
+    abort while it tears down a Gloo group (a worker thread letting go of a tensor waits for the GIL, which the main
+    thread holds while it joins them; fixed in torch 2.8): there a Gloo process leaves through os._exit(code), after
+    a barrier when ok, with its output flushed (the log-dir lock is already released)."""
+    import torch
+    import torch.distributed as dist
+    if dist.get_backend() == "gloo" and tuple(map(int, torch.__version__.split(".")[:2])) < (2, 8):
+        if ok:
+            dist.barrier()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    if ok:
+        dist.destroy_process_group()
 
 
 def main(argv: list[str] | None = None) -> None:

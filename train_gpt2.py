@@ -35,7 +35,7 @@ import checkpoints
 import fineweb
 import hellaswag
 import preflight
-from common import HelpFormatter, UserError, add_device_option, first_line, pick_device
+from common import HelpFormatter, UserError, add_device_option, first_line, leave_process_group, pick_device
 from model import GPT, MODEL_SIZES, RECIPES, GPTConfig, ModernGPT, build_model, flops_per_token, generate, peak_flops
 from optim import Muon, Optimizers
 
@@ -235,22 +235,6 @@ def sample_texts(model: GPT, device: str, seed: int, autocast, n: int = 2, max_n
 
 # ----------------------------------------------------------------------------------------------------------------------
 # run plumbing: devices, processes, logs, signals
-
-def leave_process_group(code: int, ok: bool) -> None:
-    """End this process's part in the process group (ok: the run ended as planned on every rank; else this rank
-    failed alone, and its peers may be waiting in a collective: torchrun ends them). torch before 2.8 can hang or
-    abort while it tears down a Gloo group (a worker thread letting go of a tensor waits for the GIL, which the main
-    thread holds while it joins them; fixed in torch 2.8): there a Gloo process leaves through os._exit(code), after
-    a barrier when ok, with its output flushed (the log-dir lock is already released)."""
-    if dist.get_backend() == "gloo" and tuple(map(int, torch.__version__.split(".")[:2])) < (2, 8):
-        if ok:
-            dist.barrier()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    if ok:
-        dist.destroy_process_group()
-
 
 def print0(*args, **kwargs) -> None:
     """print on the process that logs (rank 0). Output that cannot be written (the terminal of a foreground run went

@@ -140,7 +140,7 @@ model, _ = load_model({ckpt!r}, "cpu")
 result = hellaswag.evaluate(model, hellaswag.load_examples({data!r}), "cpu", batch_size=2,
                             rank=dist.get_rank(), world_size=dist.get_world_size())
 open({out!r} + str(dist.get_rank()), "w").write(json.dumps(result))
-from train_gpt2 import leave_process_group
+from common import leave_process_group
 leave_process_group(0, ok=True)  # as training leaves: torch < 2.8 cannot always tear a Gloo group down
 """
 
