@@ -11,8 +11,7 @@
 #   EPOCHS           epochs the run spans, e.g. 2 for a second epoch (--epochs)
 #   --nproc N        processes / GPUs (default: the GPUs nvidia-smi lists, 1 without one)
 #   --log-dir DIR    checkpoints and logs (default: train_gpt2.py's, log/ or log/demo/ with --preset demo)
-#   --prep           make the data first: the default folder downloaded (fineweb.py --pretokenized, goes on
-#                    after an interruption), another tokenized when it holds no shards
+#   --prep           make the data first (the default folder: fineweb.py --pretokenized, rerun to go on)
 #   --foreground     stay attached to the terminal (local runs); Ctrl-C then leaves the pod running
 #   --no-preflight   start training without the preflight
 #   --keep-pod       leave the RunPod pod running when training ends
@@ -77,19 +76,16 @@ fi
 mapfile -t resolved <<<"$paths"
 log_dir=${resolved[0]} data_dir=${resolved[1]} hella_file=${resolved[2]:-} preset=${resolved[3]:-}
 [[ -n $nproc ]] || nproc=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ') || nproc=1
-device=${resolved[4]:-auto}
 # a GPU machine whose torch cannot use its GPUs (or fewer than --nproc): one line, and nothing starts
-if [[ -z ${TRAIN_CMD:-} ]] && ((!detached)); then
-    "$PYTHON" "$HERE/common.py" --check-gpus "$nproc" --device "$device" --name train.sh || exit 2
-fi
+[[ -n ${TRAIN_CMD:-} ]] || ((detached)) ||
+    "$PYTHON" "$HERE/common.py" --check-gpus "$nproc" --device "${resolved[4]:-auto}" --name train.sh || exit 2
 launcher=(torchrun) && command -v torchrun >/dev/null || launcher=("$PYTHON" -m torch.distributed.run)
 launcher+=(--standalone "--nproc_per_node=$nproc" "$HERE/train_gpt2.py")
 [[ -z ${TRAIN_CMD:-} ]] || read -ra launcher <<<"$TRAIN_CMD"
 cmd=("${launcher[@]}" "${log_opt[@]}" --resume "$checkpoint" ${epochs:+--epochs "$epochs"} "${extra[@]}")
 prep_cmd=("$PYTHON" "$HERE/fineweb.py" --out "$data_dir")
 [[ $preset != demo ]] || prep_cmd+=(--demo)  # the demo preset's data is fineweb.py --demo's
-# The default data is downloaded already tokenized (unless a tokenizing run started there); a finished download's
-# rerun only looks at its shards, so it runs every time: an interrupted one goes on.
+# the default data is downloaded tokenized (unless tokenizing began there), every time: a rerun finishes what stopped
 pretokenized=0
 [[ $data_dir != edu_fineweb10B || -e $data_dir/.fineweb_state.json ]] || { prep_cmd+=(--pretokenized); pretokenized=1; }
 # torchrun passes a stop signal on to its workers and kills them after this many seconds (torch 2.12+; before, 30 s).
