@@ -413,6 +413,6 @@ def test_a_cpu_batch_that_cannot_be_allocated_is_one_line(demo_shards, tmp_path)
 def test_bf16_on_a_cpu_says_what_it_costs(tiny_shards, tmp_path):
     proc = train("--data", str(tiny_shards), "--log-dir", str(tmp_path), "--max-steps", "1", "--dtype", "bfloat16")
     assert proc.returncode == 0, proc.stderr
-    assert "notice: --dtype bfloat16 on cpu runs about 11x slower than float32" in proc.stdout
+    assert "notice: --dtype bfloat16 on cpu runs about 2x slower than float32" in proc.stdout
     plain = train("--data", str(tiny_shards), "--log-dir", str(tmp_path / "fp32"), "--max-steps", "1")
-    assert "11x slower" not in plain.stdout
+    assert "2x slower" not in plain.stdout
