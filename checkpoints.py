@@ -24,6 +24,9 @@ Operations, not the training story: train_gpt2.py calls into this file, and a le
 - Damage: every checkpoint records a CRC32 of its tensors, checked on load (about a second for 124M). --resume auto
   skips a truncated or bit-flipped newest checkpoint for the one before it, with a warning on stderr and a
   resume_fallback event in metrics.jsonl; --resume FILE and infer.py refuse a damaged file.
+- Divergence: no checkpoint holds NaN or inf. A run that diverges names the checkpoint to resume from with a lower
+  --lr: the newest it saved, or, when it saved none since resuming, the finite one before the one it resumed from
+  (after_divergence), so following the advice again and again walks back and ends.
 - Rotation: --keep-checkpoints N (default 3) deletes only checkpoints that it can read and that this kit wrote, and
   never a run's last one.
 - --init-from FILE | gpt2 ... gpt2-xl | a Hugging Face folder starts a new run at step 0 with a fresh optimizer and
@@ -172,15 +175,37 @@ def read_checkpoint(path: Path) -> dict:
     return ckpt
 
 
-def newest_finite(log_dir: str | Path) -> Path | None:
-    """The newest checkpoint in the log dir that loads, matches its checksum and holds finite numbers only."""
+def newest_finite(log_dir: str | Path, before: int | None = None) -> Path | None:
+    """The newest checkpoint in the log dir (of a step before `before`, if given) that loads, matches its checksum and
+    holds finite numbers only."""
     for path in reversed(list_checkpoints(log_dir)):
+        if before is not None and int(CKPT_NAME.match(path.name).group(1)) >= before:
+            continue
         try:
             read_checkpoint(path)
             return path
         except UserError:
             continue
     return None
+
+
+def after_divergence(saved: Path | None, resumed: Path | None) -> str:
+    """Where to go on once training diverged, as the end of its one-line message. The checkpoint to resume from with
+    a lower --lr is the newest one this run saved. When it saved none since it resumed from a checkpoint, that one
+    led straight to the divergence and may be blown up though finite (a huge --lr wrecks the weights a step before
+    the gradient norm overflows), so the advice names the newest finite one before it, and once none is left, a new
+    run: each time the advice is followed and the run diverges again before saving, it names an older checkpoint."""
+    if saved is None and resumed is not None:
+        step = (head_of(resumed) or {}).get("step")
+        older = newest_finite(resumed.parent, before=step) if isinstance(step, int) else None
+        why = f"{resumed.resolve()} led straight to it"
+        if older is None:
+            return f"{why} and no finite checkpoint before it is left - start a new run with a lower --lr in another " \
+                   "--log-dir"
+        return f"{why}, so it may be blown up though finite; {after_divergence(older, None)}"
+    if saved is None:
+        return "no checkpoint was saved before it - rerun with a lower --lr"
+    return f"the last good checkpoint is {saved.resolve()}; lower --lr and resume from it (--resume {saved.resolve()})"
 
 
 def head_of(path: Path) -> dict | None:

@@ -481,6 +481,8 @@ class Run:
     last_val_step: int | None = None
     dt_avg: float | None = None  # seconds per step, smoothed, for the eta
     lr_join: tuple[int, float] | None = None  # (step, lr) where a longer schedule began: get_lr ramps from there
+    resumed: Path | None = None  # the checkpoint this run continued from
+    saved: Path | None = None  # the last checkpoint this run saved
 
     def train_step(self) -> int:
         """One optimizer step at self.step, as in the lecture: the micro-steps (batch, forward under autocast,
@@ -521,11 +523,9 @@ class Run:
         loss, norm = loss / self.world, norm / self.world  # every rank clipped the same all-reduced gradient
         if not (math.isfinite(loss) and math.isfinite(norm)):
             self.log.event("end", step=self.step, status="diverged")
-            good = checkpoints.newest_finite(self.args.log_dir)
-            raise Diverged(f"{'loss' if not math.isfinite(loss) else 'gradient norm'} is "
-                           f"{loss if not math.isfinite(loss) else norm} at step {self.step} - training diverged, "
-                           f"stopped before the weights took it; the last good checkpoint is "
-                           f"{good.resolve() if good else 'none'}; lower --lr and resume from it")
+            what, value = ("loss", loss) if not math.isfinite(loss) else ("gradient norm", norm)
+            raise Diverged(f"{what} is {value} at step {self.step} - training diverged, stopped before the weights "
+                           f"took it; {checkpoints.after_divergence(self.saved, self.resumed)}")
         return loss, norm, next((int(s) for s, n in zip(STOP_SIGNALS, counts) if n), 0)
 
     def log_step(self, loss: float, norm: float, lr: float, t0: float) -> None:
@@ -574,10 +574,10 @@ class Run:
     def save(self, path: Path | None = None) -> None:
         """Rank 0 saves everything an exact resume needs; the others wait until it is written. A path other than the
         step's model_*.pt (the preflight's) rotates nothing."""
+        keep, step_file = self.args.keep_checkpoints if path is None else 0, path is None
+        path = path or Path(self.args.log_dir) / f"model_{self.step:05d}.pt"
         if self.rank == 0:
             step, per_epoch = self.step, self.train_data.steps_per_epoch
-            keep = self.args.keep_checkpoints if path is None else 0
-            path = path or Path(self.args.log_dir) / f"model_{step:05d}.pt"
             cuda = self.device.startswith("cuda")
             checkpoints.save_checkpoint(path, {
                 "model": self.raw.state_dict(), "optimizer": self.optimizer.state_dict(), "step": step,
@@ -591,6 +591,8 @@ class Run:
             self.log.event("checkpoint", step=step, path=str(path))
         if self.world > 1:
             dist.barrier()  # nobody exits while rank 0 is still writing
+        if step_file:  # where a diverged run resumes (checkpoints.after_divergence)
+            self.saved = path
 
 
 def open_data(args: argparse.Namespace, vocab_size: int) -> tuple[ShardLoader, ShardLoader, int]:
@@ -705,6 +707,7 @@ def resume_notices(run: Run, path: Path, ckpt: dict, skipped: list[str]) -> None
     """Take a resumed checkpoint's step, val loss and lr ramp into the run, and say what happened: which options
     differ from the checkpoint's (they apply from this step on)."""
     run.step, run.last_val, run.last_val_step = ckpt["step"], ckpt.get("val_loss"), ckpt.get("val_step")
+    run.resumed = path
     for why in skipped:  # newer checkpoints that are damaged
         if run.rank == 0:
             print(f"train_gpt2.py: warning: {why} - resuming from {path} instead", file=sys.stderr, flush=True)

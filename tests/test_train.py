@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+import checkpoints
 import fineweb
 import train_gpt2
 from checkpoints import load_model
@@ -314,6 +315,29 @@ def test_a_diverging_run_stops_before_a_nan_reaches_the_weights_and_names_a_fini
         assert all(torch.isfinite(t).all() for t in ckpt["model"].values()), path.name
     named = Path(re.search(r"the last good checkpoint is (\S+);", line).group(1))
     assert named.is_absolute() and named == saved[-1]
+
+
+def test_following_the_divergence_advice_walks_back_and_ends(tiny_shards, tmp_path):
+    # --lr 1e3 blows the weights up a step before the gradient norm goes non-finite: the newest finite checkpoint is
+    # useless, and resuming from it with a lower --lr diverges again at once
+    args = ["--data", str(tiny_shards), "--log-dir", str(tmp_path), "--checkpoint-every", "1", "--max-steps", "8"]
+    proc, named, lines = train(*args, "--lr", "1e3"), [], []
+    while proc.returncode == 1 and len(named) < 4:
+        line, = proc.stderr.strip().splitlines()
+        advice = re.search(r"the last good checkpoint is (\S+); lower --lr and resume from it", line)
+        assert advice and advice.group(1) not in named, f"the advice loops: {line}"
+        named.append(advice.group(1))
+        lines.append(line)
+        proc = train(*args, "--lr", "1e-4", "--resume", advice.group(1))
+    assert proc.returncode == 0 and "finished 8 steps" in proc.stdout, proc.stderr
+    assert named == [str(tmp_path / "model_00002.pt"), str(tmp_path / "model_00001.pt")]
+    assert all(line.endswith(f"; lower --lr and resume from it (--resume {path})") for line, path in zip(lines, named))
+    assert f"{named[0]} led straight to it, so it may be blown up though finite; the last good" in lines[1]
+    # had model_00001.pt diverged too, the advice would have ended there
+    assert checkpoints.after_divergence(None, tmp_path / "model_00001.pt") == \
+        f"{named[1]} led straight to it and no finite checkpoint before it is left - start a new run with a lower " \
+        "--lr in another --log-dir"
+    assert checkpoints.after_divergence(None, None) == "no checkpoint was saved before it - rerun with a lower --lr"
 
 
 def nan_copy(src: Path, dst: Path) -> Path:
