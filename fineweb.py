@@ -19,8 +19,9 @@ checked for room (about 21 GB for sample-10BT, 210 GB for sample-100BT, 2 bytes 
 finewebedu_train_000001..000099.bin, tokenized as above) with huggingface_hub into the same folder. Each file comes
 down into OUT/.download/ and is moved in under its name only once checked: its SHA-256 against the one the Hub lists,
 its header, its size, its token ids; a bad one is fetched once more. The first run pins the dataset's revision in
-OUT/.pretokenized.json; a rerun fetches only the shards still missing. (A dropped connection resumes within the
-shard; a shard cut off by a stopped run starts over: at most 200 MB.)
+OUT/.pretokenized.json, with what each run asks for (--max-tokens); a rerun fetches only the shards still missing.
+(A dropped connection resumes within the shard; a shard cut off by a stopped run starts over: at most 200 MB.)
+Training and its --preflight refuse a folder whose prep or download stopped short, naming the command that ends it.
 
 This file also owns the GPT-2 tokenizer (get_tokenizer) and the shard format (write_shard / read_shard) that
 the other scripts import.
@@ -536,9 +537,12 @@ def _source_config(args: argparse.Namespace) -> dict:
 
 
 def unfinished_prep(folder: str | Path) -> str | None:
-    """None when the folder's prep finished (or it has no state file: shards made elsewhere); else one line naming
-    the folder (absolute) and the fineweb.py command that finishes it."""
+    """None when the folder's prep or --pretokenized download finished (or it has no state file: shards made
+    elsewhere); else one line naming the folder (absolute), how far it got and the fineweb.py command that finishes
+    it."""
     out = Path(folder).absolute()
+    if (out / PRETOKENIZED_STATE).exists():
+        return unfinished_download(out)
     try:
         state = json.loads((out / STATE_FILE).read_text())
     except (OSError, ValueError):
@@ -849,6 +853,26 @@ def _pretokenized_state(out: Path, dataset: str) -> dict | None:
     return state
 
 
+def unfinished_download(out: Path) -> str | None:
+    """unfinished_prep of a --pretokenized folder: one line when a shard the last download asked for is not there
+    (it was stopped, or failed), None when all are, or when the state file predates the record of what was asked."""
+    try:
+        state = json.loads((out / PRETOKENIZED_STATE).read_text())
+        wanted = pick_files(state["files"], state["max_tokens"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    have = sum((out / name).exists() for name in wanted)
+    if have == len(wanted):
+        return None
+    cmd = ["python fineweb.py --pretokenized --out", shlex.quote(str(out))]
+    if state.get("dataset") != PRETOKENIZED:
+        cmd += ["--dataset", shlex.quote(str(state.get("dataset")))]
+    if state["max_tokens"] is not None:
+        cmd += ["--max-tokens", str(state["max_tokens"])]
+    return (f"the download of {out}/ is unfinished ({have} of {len(wanted)} shards here, as {PRETOKENIZED_STATE} "
+            f"says) - finish it with: {' '.join(cmd)}")
+
+
 def _bar_into(bar) -> type:
     """A tqdm class for huggingface_hub's per-file progress bar: it shows nothing and adds its bytes to `bar`."""
     from tqdm import tqdm
@@ -936,6 +960,9 @@ def download_pretokenized(args: argparse.Namespace) -> dict:
         if listed:
             revision, files = hub_listing(args.dataset, None)
             state = {"dataset": args.dataset, "revision": revision, "files": files}
+        # what this run asks for, so that training can tell a download that stopped short (unfinished_download)
+        if listed or state.get("max_tokens", "") != args.max_tokens:
+            state["max_tokens"] = args.max_tokens
             _save_state(out, state, PRETOKENIZED_STATE)
         revision, files = state["revision"], state["files"]
         wanted = pick_files(files, args.max_tokens)

@@ -374,6 +374,13 @@ def test_ctrl_c_midway_keeps_finished_shards_and_the_rerun_never_fetches_them_ag
                                                "Run the same command again to resume.")
     assert shards_in(out) == [VAL, T1]  # half of T2 came down: nowhere training or a rerun would take it as whole
     assert not copies_of(T2, out)
+    # training refuses the half-downloaded folder (it would train on a part, on a shorter schedule)
+    proc = subprocess.run([sys.executable, str(ROOT / "train_gpt2.py"), "--data", str(out), "--log-dir",
+                           str(tmp_path / "log"), "--device", "cpu"], capture_output=True, text=True, timeout=300,
+                          cwd=ROOT)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
+        f"train_gpt2.py: the download of {out}/ is unfinished (2 of 4 shards here, as .pretokenized.json says) - "
+        f"finish it with: python fineweb.py --pretokenized --out {out}"]
 
     hub.hold = None
     proc = fetch(hub.endpoint, out)
@@ -381,6 +388,7 @@ def test_ctrl_c_midway_keeps_finished_shards_and_the_rerun_never_fetches_them_ag
     assert f"{out}: resuming: 2 of 4 shards already here" in proc.stdout
     assert hub.downloads() == {VAL: 1, T1: 1, T2: 2, T3: 1}
     assert same_as_hub(out, hub, [VAL, T1, T2, T3]) and not (out / fineweb.STAGING).exists()
+    assert fineweb.unfinished_prep(out) is None
 
 
 def test_a_connection_dropped_midway_through_a_shard_resumes_where_it_stopped(tmp_path, hub):
@@ -520,6 +528,11 @@ def test_the_revision_is_pinned_and_max_tokens_grows_the_download(tmp_path, hub)
     proc = fetch(hub.endpoint, out, "--max-tokens", "5000")
     assert proc.returncode == 0, proc.stderr
     assert shards_in(out) == [VAL, T1] and "3,000 val tokens and 5,000 train tokens" in proc.stdout
+    assert fineweb.unfinished_prep(out) is None  # the subset asked for is all there
+    (out / T1).unlink()
+    assert fineweb.unfinished_prep(out) == (f"the download of {out}/ is unfinished (1 of 2 shards here, as "
+                                            f".pretokenized.json says) - finish it with: python fineweb.py "
+                                            f"--pretokenized --out {out} --max-tokens 5000")
 
     hub.commits[SECOND], hub.main = make_files(seed=1), SECOND  # the dataset moves on
     hub.log.clear()
@@ -536,6 +549,7 @@ def test_the_revision_is_pinned_and_max_tokens_grows_the_download(tmp_path, hub)
     assert last == (f"fineweb.py: revision {FIRST} of {REPO}, the one this download started with and pins, is gone "
                     "from the Hub; use another --out to download its newest revision")
     assert shards_in(out) == [VAL, T1, T2]
+    assert "(3 of 4 shards here" in fineweb.unfinished_prep(out)
 
 
 def test_train_gpt2_trains_on_the_downloaded_shards(tmp_path, hub):
