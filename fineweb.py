@@ -227,6 +227,34 @@ def list_shards(folder: str | Path, split: str) -> list[Path]:
     return [p for p in npy or bins if f"_{split}_" in p.name]
 
 
+def agreed_shards(folder: str | Path, world: int) -> None:
+    """Under torchrun every rank opens the shards itself: ranks that see different ones (a --data folder on each
+    node's own disk, a copy still under way) would train on different data, or hang. So the ranks gather what each
+    sees (its shards' names and sizes), and when one differs from rank 0's, every rank raises the same UserError
+    naming both folders and the difference."""
+    if world == 1:
+        return
+    import socket
+
+    import torch.distributed as dist
+    folder = Path(folder)
+    sizes = {p.name: p.stat().st_size for split in ("val", "train") for p in list_shards(folder, split)} \
+        if folder.is_dir() else {}
+    views = [None] * world
+    dist.all_gather_object(views, (socket.gethostname(), str(folder.absolute()), sizes))
+    host, where, first = views[0]
+    bytes_or_none = lambda size: "none" if size is None else f"{size:,} bytes"  # noqa: E731
+    for rank, (other_host, other_where, other) in enumerate(views):
+        if other == first:
+            continue
+        names = sorted(n for n in first.keys() | other.keys() if first.get(n) != other.get(n))
+        listed = "; ".join(f"{n}: {bytes_or_none(first.get(n))} vs {bytes_or_none(other.get(n))}" for n in names[:3])
+        more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+        raise UserError(f"the ranks see different shards: rank 0 on {host} in {where}/, rank {rank} on {other_host} "
+                        f"in {other_where}/ ({listed}{more}) - the --data folder must be on storage every node "
+                        "sees, or hold the same shards on every node")
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # documents: the hub, local files, or the demo corpus, from where a shard starts
 

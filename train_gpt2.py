@@ -656,6 +656,7 @@ def start_run(args: argparse.Namespace) -> Run:
     init = checkpoints.init_weights(args) if args.init_from else None
     config = init[0] if init else GPTConfig(block_size=args.seq_len, n_layer=args.n_layer, n_head=args.n_head,
                                             n_embd=args.n_embd, recipe=args.recipe)
+    fineweb.agreed_shards(args.data, world)  # under torchrun: every rank sees the shards rank 0 sees
     train_data, val_data, val_steps = open_data(args, config.vocab_size)
     # the lr schedule spans all --epochs; --max-steps may stop the run before its end
     total_steps = max(1, round(args.epochs * train_data.steps_per_epoch))

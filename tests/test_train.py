@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -289,6 +290,25 @@ def test_a_rank_that_cannot_see_rank_0s_checkpoint_says_the_log_dir_must_be_shar
     assert f"rank 1 on {socket.gethostname()} cannot see {tmp_path / 'node1/log/model_00002.pt'}" in line
     assert "storage every node sees" in line
     assert "resuming from" not in second.stdout
+
+
+def test_ranks_that_see_different_shards_all_stop_naming_the_difference(tiny_shards, tmp_path):
+    wrapper = tmp_path / "node.py"
+    wrapper.write_text(NODE_WRAPPER.format(root=str(ROOT)))
+    last = fineweb.shard_name(3)
+    for rank in (0, 1):  # --data on each node's own disk; node 1's copy is still under way: its last shard missing
+        shutil.copytree(tiny_shards, tmp_path / f"node{rank}/data")
+    (tmp_path / "node1/data" / last).unlink()
+    proc = train("--data", "data", "--log-dir", str(tmp_path / "log"), "--max-steps", "2",
+                 launcher=[*TORCHRUN, str(wrapper)], env={**os.environ, "NODES": str(tmp_path)})
+    assert proc.returncode != 0 and " loss " not in proc.stdout
+    assert not re.search(r'File ".*(train_gpt2|fineweb)\.py", line', proc.stderr)  # torchrun's own traceback aside
+    lines = [x for x in proc.stderr.splitlines() if x.startswith("train_gpt2.py: ")]
+    host = socket.gethostname()
+    size = (tiny_shards / last).stat().st_size
+    assert lines == 2 * [f"train_gpt2.py: the ranks see different shards: rank 0 on {host} in {tmp_path}/node0/data/, "
+                         f"rank 1 on {host} in {tmp_path}/node1/data/ ({last}: {size:,} bytes vs none) - the --data "
+                         "folder must be on storage every node sees, or hold the same shards on every node"]
 
 
 def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_checkpoint(tiny_shards, tmp_path):
