@@ -141,6 +141,14 @@ def tensor_checksum(state: dict) -> int:
         return zlib.crc32(np.array(list(pool.map(crc, tensors(state))), dtype=np.uint32).tobytes())
 
 
+def load_error(e: Exception) -> str:
+    """Why torch could not load a file, in brief: the exception's type and the first sentence of its message, or the
+    weights-only unpickler's own reason (past torch's advice about weights_only, which does not apply here)."""
+    detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(e))
+    sentence, more, _ = (detail.group(1).strip() if detail else first_line(e, 200)).partition(". ")
+    return printable(f"{type(e).__name__}: {sentence}{'.' if more else ''}")
+
+
 def load_file(path: str | Path, mmap: bool = False) -> object:
     """torch.load with weights_only=True, so nothing in the file can run code; PeerConfig is allowed under the names
     other scripts pickle their GPTConfig as. UserError naming the global it refused, or when this torch cannot do the
@@ -156,10 +164,9 @@ def load_file(path: str | Path, mmap: bool = False) -> object:
                             "(weights-only) load refuses - save its state_dict, or a Hugging Face folder, instead") \
                 from None
         if isinstance(e, AttributeError | TypeError | ImportError | NotImplementedError):  # not the file: this torch
-            raise UserError(f"could not load {path} with torch {torch.__version__} ({type(e).__name__}: "
-                            f"{printable(first_line(e))[:200]}) - this kit needs torch 2.4 or newer") from None
-        raise CheckpointDamaged(f"could not load {path}: truncated or not a checkpoint ({type(e).__name__}: "
-                                f"{printable(first_line(e))[:200]})") from None
+            raise UserError(f"could not load {path} with torch {torch.__version__} ({load_error(e)}) - this kit "
+                            "needs torch 2.4 or newer") from None
+        raise CheckpointDamaged(f"could not load {path}: truncated or not a checkpoint ({load_error(e)})") from None
 
 
 def read_checkpoint(path: Path) -> dict:

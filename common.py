@@ -30,10 +30,17 @@ def fail(script: str, message: object) -> NoReturn:
     sys.exit(f"{script}: {message}")
 
 
-def first_line(e: BaseException) -> str:
-    """The first line of an exception's message (at most 300 characters), or its type when it has none."""
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message, or its type when it has none. A line longer than `limit` characters
+    ends at its last whole sentence within them, or else at a whole word, with " ..." (never mid-word)."""
     text = str(e).strip()
-    return text.splitlines()[0][:300] if text else type(e).__name__
+    line = text.splitlines()[0] if text else type(e).__name__
+    if len(line) <= limit:
+        return line
+    head = line[:limit + 1]
+    if (end := head.rfind(". ")) > 0:
+        return head[:end + 1]
+    return (head[:head.rfind(" ")].rstrip(" ,;:") if " " in head else head[:limit]) + " ..."
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):

@@ -2,6 +2,7 @@
 
 import io
 import os
+import re
 import subprocess
 import sys
 from dataclasses import asdict
@@ -13,6 +14,7 @@ import torch
 import checkpoints
 import infer
 from checkpoints import load_model
+from common import first_line
 from fineweb import get_tokenizer
 from model import GPT, GPT2_VOCAB, GPTConfig
 
@@ -252,6 +254,24 @@ def test_a_log_dir_whose_newest_checkpoint_is_cut_short_samples_from_the_one_bef
     notice = next(line for line in err.splitlines() if "skipping" in line)
     assert notice.startswith(f"infer.py: notice: could not load {tmp_path / 'model_00020.pt'}: truncated")
     assert notice.endswith(" - skipping it for the checkpoint before")
+    # torch's reason in brief and whole: its first sentence, not 200 characters of its advice cut mid-word
+    assert "(RuntimeError: PytorchStreamReader failed reading zip archive: failed finding central directory.) - " \
+        in notice
+    (tmp_path / "model_00030.pt").write_text("not a checkpoint\n")  # no zip: the weights-only unpickler refuses it
+    _, err = run_main(capsys, str(tmp_path), "Hello", "--max-new-tokens", "1", "--num-samples", "1")
+    notice = next(line for line in err.splitlines() if "model_00030.pt" in line)
+    assert re.fullmatch(rf"infer\.py: notice: could not load {re.escape(str(tmp_path))}/model_00030\.pt: truncated "
+                        r"or not a checkpoint \(UnpicklingError: [^()]+\) - skipping it for the checkpoint before",
+                        notice), notice
+    assert "Weights only load failed" not in notice and "weights_only" not in notice
+
+
+def test_a_long_error_line_ends_at_a_whole_sentence_or_word():
+    sentences = ValueError("The file is damaged. " + "This sentence is long and goes on. " * 20)
+    assert first_line(sentences, 60) == "The file is damaged. This sentence is long and goes on."
+    words = ValueError("one-sentence " * 40)
+    assert first_line(words, 60) == "one-sentence one-sentence one-sentence one-sentence ..."
+    assert first_line(ValueError("short\nsecond line")) == "short" and first_line(ValueError()) == "ValueError"
 
 
 def test_prompt_dash_with_stdin_closed_is_one_line(log_dir):
