@@ -48,6 +48,7 @@ import errno
 import fcntl
 import os
 import re
+import shlex
 import shutil
 import socket
 import sys
@@ -212,7 +213,8 @@ def after_divergence(saved: Path | None, resumed: Path | None) -> str:
         return f"{why}, so it may be blown up though finite; {after_divergence(older, None)}"
     if saved is None:
         return "no checkpoint was saved before it - rerun with a lower --lr"
-    return f"the last good checkpoint is {saved.resolve()}; lower --lr and resume from it (--resume {saved.resolve()})"
+    return f"the last good checkpoint is {saved.resolve()}; lower --lr and resume from it (--resume " \
+           f"{shlex.quote(str(saved.resolve()))})"
 
 
 def head_of(path: Path) -> dict | None:

@@ -358,6 +358,8 @@ def test_following_the_divergence_advice_walks_back_and_ends(tiny_shards, tmp_pa
         f"{named[1]} led straight to it and no finite checkpoint before it is left - start a new run with a lower " \
         "--lr in another --log-dir"
     assert checkpoints.after_divergence(None, None) == "no checkpoint was saved before it - rerun with a lower --lr"
+    spaced = tmp_path / "my log" / "model_00001.pt"  # the option to copy is quoted for the shell
+    assert checkpoints.after_divergence(spaced, None).endswith(f"resume from it (--resume '{spaced}')")
 
 
 def nan_copy(src: Path, dst: Path) -> Path:
