@@ -5,6 +5,7 @@ folder.
     python hellaswag.py --model gpt2                      # OpenAI's 124M on the 10042 validation examples
     python hellaswag.py --model log/model_19072.pt        # your run
     python hellaswag.py --model log/model_19072.pt --data my_hellaswag.jsonl --limit 500 --verbose
+    python hellaswag.py --download                        # only fetch the split (no torch needed: local data prep)
 
 Completion-style scoring: each of the 4 endings follows the context (" " + ending), the model's cross-entropy over
 the ending tokens is summed; `acc` picks the ending with the lowest sum, `acc_norm` the lowest mean per token.
@@ -14,6 +15,8 @@ The data comes from the authors' repository (github.com/rowanz/hellaswag) into h
 Examples are scored many at a time, padded on the right to a few fixed lengths (powers of two), the output layer
 only at the ending positions, and train_gpt2.py calls evaluate() from every DDP rank, each taking a share.
 """
+
+from __future__ import annotations  # the signatures name torch, which --download does without
 
 import argparse
 import hashlib
@@ -26,14 +29,21 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import torch
-import torch.distributed as dist
-from torch.nn import functional as F
 from tqdm import tqdm
 
-from checkpoints import load_model
 from common import HelpFormatter, UserError, add_device_option, fail, first_line, pick_device
 from fineweb import EOT, GPT2_VOCAB, get_tokenizer
+
+try:  # scoring needs torch; --download does not (data prep in a Python without it)
+    import torch
+    import torch.distributed as dist
+    from torch.nn import functional as F
+
+    from checkpoints import load_model
+except ModuleNotFoundError as e:
+    if e.name != "torch":
+        raise
+    torch = dist = F = load_model = None
 
 # ----------------------------------------------------------------------------------------------------------------------
 # config
@@ -61,6 +71,7 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=None, help="score only the first N examples")
     p.add_argument("--cache-dir", default=str(CACHE_DIR), help="where the downloaded splits are kept")
     p.add_argument("--url", default=DATA_URL, help="where to download a split from ({split} is filled in)")
+    p.add_argument("--download", action="store_true", help="only download --split into --cache-dir (needs no torch)")
     # how
     p.add_argument("--batch-size", type=int, default=32, help="examples per forward pass (4 rows each)")
     add_device_option(p)
@@ -71,6 +82,8 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.batch_size < 1 or (args.limit is not None and args.limit < 1):
         p.error("--batch-size and --limit must be at least 1")
+    if args.download and args.data:
+        p.error("--download fetches a split of the authors' data; --data names a local file")
     return args
 
 
@@ -348,9 +361,24 @@ def load_for_training(path: str | None, world: int, device: str) -> tuple[list |
 # ----------------------------------------------------------------------------------------------------------------------
 # main
 
-def main(argv: list[str] | None = None) -> None:
+def download(args: argparse.Namespace) -> None:
+    """hellaswag.py --download: the split into the cache (once), then one line."""
+    try:
+        n = len(load_examples(split=args.split, cache_dir=args.cache_dir, url=args.url))
+    except (UserError, OSError) as e:
+        fail("hellaswag.py", first_line(e))
+    print(f"hellaswag.py: {Path(args.cache_dir) / f'hellaswag_{args.split}.jsonl'} holds the {n} examples of the "
+          f"{args.split} split")
 
+
+def main(argv: list[str] | None = None) -> None:
     args = get_args(argv)
+    if args.download:
+        download(args)
+        return
+    if torch is None:
+        fail("hellaswag.py", "scoring needs torch, which this Python lacks - activate the venv (only --download "
+                             "works without it)")
     try:
         examples = load_examples(args.data, args.split, args.cache_dir, url=args.url)[:args.limit]
         if not examples:
