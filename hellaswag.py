@@ -16,7 +16,7 @@ Examples are scored many at a time, padded on the right to a few fixed lengths (
 only at the ending positions, and train_gpt2.py calls evaluate() from every DDP rank, each taking a share.
 """
 
-from __future__ import annotations  # the signatures name torch, which --download does without
+from __future__ import annotations  # the signatures name torch: it is imported only where scoring needs it
 
 import argparse
 import hashlib
@@ -28,22 +28,15 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
 from common import HelpFormatter, UserError, add_device_option, fail, first_line, pick_device
 from fineweb import EOT, GPT2_VOCAB, get_tokenizer
 
-try:  # scoring needs torch; --download does not (data prep in a Python without it)
+if TYPE_CHECKING:  # --download needs no torch (data prep in any Python): the functions that score import it
     import torch
-    import torch.distributed as dist
-    from torch.nn import functional as F
-
-    from checkpoints import load_model
-except ModuleNotFoundError as e:
-    if e.name != "torch":
-        raise
-    torch = dist = F = load_model = None
 
 # ----------------------------------------------------------------------------------------------------------------------
 # config
@@ -205,6 +198,7 @@ def load_examples(path: str | Path | None = None, split: str = "val", cache_dir:
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The module under torch.compile (`_orig_mod`) and DDP (`module`) wrappers."""
+    import torch
     while hasattr(model, "_orig_mod") or isinstance(model, torch.nn.parallel.DistributedDataParallel):
         model = getattr(model, "_orig_mod", None) or model.module
     return model
@@ -257,6 +251,8 @@ def ending_losses(model: torch.nn.Module, tokens: torch.Tensor, mask: torch.Tens
     output with .logits (Hugging Face). A model with `hidden` and `lm_head` (model.GPT) runs its output layer
     only at the masked positions, `chunk` rows at a time: for a small model the output layer is most of the work,
     and a (B, T, vocab) tensor of hundreds of MB is never made."""
+    import torch
+    from torch.nn import functional as F
     base = _unwrap(model)
     if hasattr(base, "hidden") and hasattr(base, "lm_head"):  # one chunk of (n, vocab) logits at a time
         w, b = base.lm_head.weight[:GPT2_VOCAB], base.lm_head.bias  # the padding rows of the vocabulary never occur
@@ -274,6 +270,7 @@ def score(model: torch.nn.Module, examples: list[dict], device: str | torch.devi
           autocast_dtype: torch.dtype | None = None, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed cross-entropy of each ending (N, 4) and its token count (N, 4), in the order of examples.
     Examples are sorted by length and scored batch_size at a time; every batch has the same number of rows."""
+    import torch
     device = torch.device(device)
     block = context_length(model)
     rows, n_end = render(examples, block)
@@ -325,6 +322,8 @@ def evaluate(model: torch.nn.Module, examples: list[dict], device: str | torch.d
     """acc, acc_norm, n, correct, correct_norm, cut (examples cut to the model's context) over examples. Under DDP
     every rank calls this and scores examples[rank::world_size]; the counts are summed over ranks, so every rank
     returns the same totals."""
+    import torch
+    import torch.distributed as dist
     share = examples[rank::world_size]
     correct = correct_norm = cut = 0
     if share:
@@ -345,6 +344,8 @@ def load_for_training(path: str | None, world: int, device: str) -> tuple[list |
     """The examples of train_gpt2.py's evals: (examples, None), or (None, why not) when the data is missing and cannot
     be downloaded. Under DDP every rank loads it (downloads are atomic per process) and they agree: HellaSwag runs
     only if every rank has it."""
+    import torch
+    import torch.distributed as dist
     try:
         examples, why = load_examples(path), None
     except HellaSwagUnavailable as e:
@@ -376,9 +377,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.download:
         download(args)
         return
-    if torch is None:
-        fail("hellaswag.py", "scoring needs torch, which this Python lacks - activate the venv (only --download "
-                             "works without it)")
+    try:
+        import torch
+
+        from checkpoints import load_model
+    except ModuleNotFoundError as e:
+        fail("hellaswag.py", f"{first_line(e)} - scoring needs torch: activate the venv (only --download works "
+                             "without it)")
     try:
         examples = load_examples(args.data, args.split, args.cache_dir, url=args.url)[:args.limit]
         if not examples:

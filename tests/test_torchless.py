@@ -81,8 +81,23 @@ def test_hellaswag_scoring_without_torch_is_one_line(torchless, tmp_path):
     data.write_text("".join(json.dumps(ex) + "\n" for ex in make_examples(2)))
     r = run(torchless, "hellaswag.py", "--data", str(data), "--device", "cpu")
     assert (r.returncode, r.stdout) == (1, "")
-    assert r.stderr == ("hellaswag.py: scoring needs torch, which this Python lacks - activate the venv (only "
+    assert r.stderr == ("hellaswag.py: No module named 'torch' - scoring needs torch: activate the venv (only "
                         "--download works without it)\n")
+
+
+def test_hellaswag_download_imports_no_torch_where_one_is_installed(tmp_path, hellaswag_server):
+    """An image's old torch is never imported for a download (torch 2.1 next to numpy 2 would print pages of
+    warnings, if it imported at all)."""
+    hellaswag_server.files["hellaswag_val.jsonl"] = b"{}\n"
+    url = f"http://127.0.0.1:{hellaswag_server.server_address[1]}/data/hellaswag_{{split}}.jsonl"
+    code = ("import sys, hellaswag\n"
+            "try:\n"
+            f"    hellaswag.main(['--download', '--cache-dir', {str(tmp_path)!r}, '--url', {url!r}])\n"
+            "finally:\n"
+            "    print('torch imported:', 'torch' in sys.modules)\n")
+    r = run(sys.executable, "-c", code)
+    assert r.returncode == 1 and "gave 1 examples, expected 10042" in r.stderr  # the download ran
+    assert r.stdout == "torch imported: False\n"
 
 
 # --- fineweb.py ---
