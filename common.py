@@ -65,9 +65,10 @@ def add_device_option(p: argparse.ArgumentParser) -> None:
 # support matrices (pytorch/pytorch RELEASE.md, its CUDA RFCs, pytorch.org/get-started/previous-versions): cu118 ended
 # with 2.7.1, cu121 with 2.5.1, cu124 with 2.6.0, cu128 with 2.11.0 (2.12 dropped it); cu126 and cu130 go on (2.14).
 # A 12.8 driver gets cu128, not the newer torch of cu126: it may run a Blackwell GPU, which cu126 has no kernels for.
-# Every build here has wheels for Python 3.10 to 3.12. The sizes are PyPI's wheels for Python 3.10 on Linux x86_64 of
-# the build with that CUDA (torch, triton and the nvidia-* CUDA libraries it requires): 2.13.0 cu130 2.7 GB, 2.8.0
-# cu128 3.9 GB, 2.7.1 cu126 3.0 GB, 2.6.0 and 2.5.1 cu124 3.0-3.1 GB; cu118 is not on PyPI and taken as 3 GB.
+# Every build here has wheels for Python 3.10 to 3.12. The sizes were measured on PyPI, which holds one build of each
+# torch, on the nearest with the same CUDA: its Linux x86_64 wheels for Python 3.10, with triton and the nvidia-* CUDA
+# libraries it requires (2.13.0 cu130 2.7 GB, 2.8.0 cu128 3.9 GB, 2.7.1 cu126 3.0 GB, 2.6.0 and 2.5.1 cu124 3.0-3.1
+# GB); no cu118 build is on PyPI: taken as 3 GB like its neighbours.
 TORCH_BUILDS = [((13, 0), "2.13.0", "cu130", 3), ((12, 8), "2.11.0", "cu128", 4), ((12, 6), "2.13.0", "cu126", 3),
                 ((12, 4), "2.6.0", "cu124", 3), ((12, 1), "2.5.1", "cu121", 3), ((11, 8), "2.7.1", "cu118", 3)]
 # PyTorch's indexes, one per build (PYTORCH_WHL/cu128); the environment variable PYTORCH_WHL_URL replaces it
