@@ -5,6 +5,7 @@ folder.
     python hellaswag.py --model gpt2                      # OpenAI's 124M on the 10042 validation examples
     python hellaswag.py --model log/model_19072.pt        # your run
     python hellaswag.py --model log/model_19072.pt --data my_hellaswag.jsonl --limit 500 --verbose
+    python hellaswag.py --download                        # only fetch the split (no torch needed: local data prep)
 
 Completion-style scoring: each of the 4 endings follows the context (" " + ending), the model's cross-entropy over
 the ending tokens is summed; `acc` picks the ending with the lowest sum, `acc_norm` the lowest mean per token.
@@ -14,6 +15,8 @@ The data comes from the authors' repository (github.com/rowanz/hellaswag) into h
 Examples are scored many at a time, padded on the right to a few fixed lengths (powers of two), the output layer
 only at the ending positions, and train_gpt2.py calls evaluate() from every DDP rank, each taking a share.
 """
+
+from __future__ import annotations  # the signatures name torch: it is imported only where scoring needs it
 
 import argparse
 import hashlib
@@ -25,15 +28,15 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-import torch.distributed as dist
-from torch.nn import functional as F
 from tqdm import tqdm
 
-from checkpoints import load_model
 from common import HelpFormatter, UserError, add_device_option, fail, first_line, pick_device
 from fineweb import EOT, GPT2_VOCAB, get_tokenizer
+
+if TYPE_CHECKING:  # --download needs no torch (data prep in any Python): the functions that score import it
+    import torch
 
 # ----------------------------------------------------------------------------------------------------------------------
 # config
@@ -61,6 +64,7 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=None, help="score only the first N examples")
     p.add_argument("--cache-dir", default=str(CACHE_DIR), help="where the downloaded splits are kept")
     p.add_argument("--url", default=DATA_URL, help="where to download a split from ({split} is filled in)")
+    p.add_argument("--download", action="store_true", help="only download --split into --cache-dir (needs no torch)")
     # how
     p.add_argument("--batch-size", type=int, default=32, help="examples per forward pass (4 rows each)")
     add_device_option(p)
@@ -71,6 +75,8 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.batch_size < 1 or (args.limit is not None and args.limit < 1):
         p.error("--batch-size and --limit must be at least 1")
+    if args.download and args.data:
+        p.error("--download fetches a split of the authors' data; --data names a local file")
     return args
 
 
@@ -192,6 +198,7 @@ def load_examples(path: str | Path | None = None, split: str = "val", cache_dir:
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The module under torch.compile (`_orig_mod`) and DDP (`module`) wrappers."""
+    import torch
     while hasattr(model, "_orig_mod") or isinstance(model, torch.nn.parallel.DistributedDataParallel):
         model = getattr(model, "_orig_mod", None) or model.module
     return model
@@ -244,6 +251,8 @@ def ending_losses(model: torch.nn.Module, tokens: torch.Tensor, mask: torch.Tens
     output with .logits (Hugging Face). A model with `hidden` and `lm_head` (model.GPT) runs its output layer
     only at the masked positions, `chunk` rows at a time: for a small model the output layer is most of the work,
     and a (B, T, vocab) tensor of hundreds of MB is never made."""
+    import torch
+    from torch.nn import functional as F
     base = _unwrap(model)
     if hasattr(base, "hidden") and hasattr(base, "lm_head"):  # one chunk of (n, vocab) logits at a time
         w, b = base.lm_head.weight[:GPT2_VOCAB], base.lm_head.bias  # the padding rows of the vocabulary never occur
@@ -261,6 +270,7 @@ def score(model: torch.nn.Module, examples: list[dict], device: str | torch.devi
           autocast_dtype: torch.dtype | None = None, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed cross-entropy of each ending (N, 4) and its token count (N, 4), in the order of examples.
     Examples are sorted by length and scored batch_size at a time; every batch has the same number of rows."""
+    import torch
     device = torch.device(device)
     block = context_length(model)
     rows, n_end = render(examples, block)
@@ -312,6 +322,8 @@ def evaluate(model: torch.nn.Module, examples: list[dict], device: str | torch.d
     """acc, acc_norm, n, correct, correct_norm, cut (examples cut to the model's context) over examples. Under DDP
     every rank calls this and scores examples[rank::world_size]; the counts are summed over ranks, so every rank
     returns the same totals."""
+    import torch
+    import torch.distributed as dist
     share = examples[rank::world_size]
     correct = correct_norm = cut = 0
     if share:
@@ -332,6 +344,8 @@ def load_for_training(path: str | None, world: int, device: str) -> tuple[list |
     """The examples of train_gpt2.py's evals: (examples, None), or (None, why not) when the data is missing and cannot
     be downloaded. Under DDP every rank loads it (downloads are atomic per process) and they agree: HellaSwag runs
     only if every rank has it."""
+    import torch
+    import torch.distributed as dist
     try:
         examples, why = load_examples(path), None
     except HellaSwagUnavailable as e:
@@ -348,9 +362,28 @@ def load_for_training(path: str | None, world: int, device: str) -> tuple[list |
 # ----------------------------------------------------------------------------------------------------------------------
 # main
 
-def main(argv: list[str] | None = None) -> None:
+def download(args: argparse.Namespace) -> None:
+    """hellaswag.py --download: the split into the cache (once), then one line."""
+    try:
+        n = len(load_examples(split=args.split, cache_dir=args.cache_dir, url=args.url))
+    except (UserError, OSError) as e:
+        fail("hellaswag.py", first_line(e))
+    print(f"hellaswag.py: {Path(args.cache_dir) / f'hellaswag_{args.split}.jsonl'} holds the {n} examples of the "
+          f"{args.split} split")
 
+
+def main(argv: list[str] | None = None) -> None:
     args = get_args(argv)
+    if args.download:
+        download(args)
+        return
+    try:
+        import torch
+
+        from checkpoints import load_model
+    except ModuleNotFoundError as e:
+        fail("hellaswag.py", f"{first_line(e)} - scoring needs torch: activate the venv (only --download works "
+                             "without it)")
     try:
         examples = load_examples(args.data, args.split, args.cache_dir, url=args.url)[:args.limit]
         if not examples:

@@ -68,7 +68,8 @@ if [[ -z ${TRAIN_CMD:-} ]] || ((prep)); then
             "venv (. .venv/bin/activate) or pip install -r requirements.txt"
     torch_version=$(tail -n1 <<<"$torch_version")
     [[ ! $torch_version =~ ^(0|1|2\.[0-3])\. ]] || die "$PYTHON has torch $torch_version; this kit needs torch" \
-        "2.4 or newer - use a RunPod image with torch 2.4+ (see the README's setup), or pip install 'torch>=2.4'"
+        "2.4 or newer - python common.py --install-torch installs one for this machine's GPUs (with no GPU:" \
+        "pip install 'torch>=2.4')"
 fi
 
 # --- the commands, with the log dir, data dir and preset as train_gpt2.py resolves its options ---

@@ -20,7 +20,7 @@ STAND_INS = ROOT / "tests" / "stand_ins"
 TRAIN = ["--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--seq-len", "32", "--batch-size", "4",
          "--total-batch-size", "256", "--warmup-steps", "2", "--eval-every", "0", "--hellaswag-every", "0",
          "--sample-every", "0", "--no-compile"]
-CU128 = "pip install torch==2.8.0 --index-url https://download.pytorch.org/whl/cu128"
+CU128 = "pip install torch==2.11.0 --index-url https://download.pytorch.org/whl/cu128"
 # the refusal with the pip command is for a CPU build (the first CI run's); a CUDA build that sees no GPU (the floor
 # run's torch 2.4.1+cu121 here) gives torch's own reason instead, as test_a_matching_build_... checks
 needs_cpu_torch = pytest.mark.skipif(torch.version.cuda is not None or torch.cuda.is_available(),
@@ -61,7 +61,6 @@ def pod_torch(monkeypatch, version: str, cuda: str | None, sees: int) -> None:
 # --- the scripts ---
 
 @needs_cpu_torch
-@needs_cpu_torch
 def test_train_gpt2_device_auto_refuses_in_one_line_and_trains_nothing(tmp_path, tiny_shards):
     log = tmp_path / "log"
     r = run("train_gpt2.py", *TRAIN, "--data", str(tiny_shards), "--log-dir", str(log), "--device", "auto",
@@ -80,7 +79,7 @@ def test_train_gpt2_counts_the_processes_of_this_machine_under_torchrun(tmp_path
             env=gpu_env(FAKE_GPUS="8", LOCAL_WORLD_SIZE="8", FAKE_CUDA="12.6"))
     assert r.returncode == 1
     assert "sees 0 of this machine's 8 GPU(s), needed by 8 process(es)" in one_line(r.stderr)
-    assert "pip install torch==2.8.0 --index-url https://download.pytorch.org/whl/cu126" in r.stderr
+    assert "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126" in r.stderr
 
 
 def test_device_cpu_still_trains_on_a_gpu_machine(tmp_path, tiny_shards):
@@ -131,12 +130,12 @@ def test_check_gpus_passes_for_device_cpu_and_on_a_machine_without_gpus():
 # --- what the line says, on the pods' torch builds and drivers ---
 
 @pytest.mark.parametrize("header_cuda, driver, command", [
-    ("13.0", "580.65.06", "torch==2.9.1 --index-url https://download.pytorch.org/whl/cu130"),
-    ("12.8", "570.195.03", "torch==2.8.0 --index-url https://download.pytorch.org/whl/cu128"),
-    ("12.6", "560.35.03", "torch==2.8.0 --index-url https://download.pytorch.org/whl/cu126"),
+    ("13.0", "580.65.06", "torch==2.13.0 --index-url https://download.pytorch.org/whl/cu130"),
+    ("12.8", "570.195.03", "torch==2.11.0 --index-url https://download.pytorch.org/whl/cu128"),
+    ("12.6", "560.35.03", "torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126"),
     ("12.4", "550.127.05", "torch==2.6.0 --index-url https://download.pytorch.org/whl/cu124"),
     ("12.2", "535.183.01", "torch==2.5.1 --index-url https://download.pytorch.org/whl/cu121"),
-    ("11.8", "520.61.05", "torch==2.6.0 --index-url https://download.pytorch.org/whl/cu118"),
+    ("11.8", "520.61.05", "torch==2.7.1 --index-url https://download.pytorch.org/whl/cu118"),
     ("", "535.183.01", "torch==2.5.1 --index-url https://download.pytorch.org/whl/cu121"),  # from the driver
 ])
 def test_the_command_installs_a_build_for_the_drivers_cuda(gpu_machine, monkeypatch, header_cuda, driver, command):

@@ -525,7 +525,7 @@ exec {sys.executable} "$@"
     r = train_sh(rig, "--foreground", "--log-dir", str(rig.log), "--", "--data", str(rig.data), trainer=False,
                  PYTHON=str(python))
     line = one_line_error(r)
-    assert f"torch {torch_version}" in line and "2.4 or newer" in line
+    assert f"torch {torch_version}" in line and "2.4 or newer - python common.py --install-torch" in line
     assert not (rig.calls / "trainer.args").exists()
 
 
