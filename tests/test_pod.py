@@ -40,8 +40,15 @@ def plan(rig: SimpleNamespace, *args: str, **env: str) -> subprocess.CompletedPr
     return pod_py(rig, "plan", "--log-dir", str(rig.log), *args, **env)
 
 
-def end(rig: SimpleNamespace, code: int = 0, *args: str, **env: str) -> subprocess.CompletedProcess:
-    r = pod_py(rig, "end", "--log-dir", str(rig.log), "--exit-code", str(code), *args, **env)
+def end(rig: SimpleNamespace, code: int = 0, *args: str, trained: bool = True, **env: str) -> subprocess.CompletedProcess:
+    """pod.py end, for a launch that began with metrics.jsonl as it is now and trained (a train event after that) or
+    not."""
+    metrics = rig.log / "metrics.jsonl"
+    since = metrics.stat().st_size if metrics.exists() else 0
+    if trained:
+        with open(metrics, "a") as f:
+            f.write('{"event": "train", "step": 0, "loss": 10.9}\n')
+    r = pod_py(rig, "end", "--log-dir", str(rig.log), "--exit-code", str(code), "--since", str(since), *args, **env)
     assert r.returncode == 0 and not r.stderr, r.stderr  # whatever happens to the pod, it is said on stdout
     return r
 
@@ -281,8 +288,9 @@ def test_help_says_what_happens_to_the_pod_in_each_outcome(rig):
     text = r.stdout[r.stdout.index("What happens to the pod"):]
     for outcome, fate in [("network volume", "the pod is removed"), ("volume disk", "the pod is stopped"),
                           ("outside /workspace", "a detached launch is refused"),
-                          ("Ctrl-C", "left running"), ("--keep-pod", "left running"),
-                          ("removing fails", "stopped instead"), ("stopping fails", "left running")]:
+                          ("Ctrl-C", "left running"), ("  --keep-pod ", "left running"),
+                          ("removing fails", "stopped instead"), ("stopping fails", "left running"),
+                          ("someone at the terminal", "left as it was"), ("nobody (--prep", "as when training failed")]:
         line = next(line for line in text.splitlines() if outcome in line)
         assert fate in text[text.index(line):text.index(line) + 400], outcome
     assert "v2 (`runpodctl pod get|stop|delete ID`)" in text and "v1 (`runpodctl get|stop|remove pod ID`)" in text

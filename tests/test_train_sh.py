@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SH = ROOT / "train.sh"
 
 TRAINER = r"""#!/usr/bin/env bash
-# stand-in trainer: records its arguments, environment and session, prints a line, optionally waits for a file, exits;
+# stand-in trainer: records its arguments, environment and session, prints a line and logs its first step as
+# train_gpt2.py does (a train event in LOG_DIR/metrics.jsonl; not with NO_STEP=1), optionally waits for a file, exits;
 # as a preflight (--preflight among its arguments) it records them elsewhere and exits with PREFLIGHT_EXIT at once
 if [[ " $* " == *" --preflight "* ]]; then
     printf '%s\n' "$@" > "$CALLS/preflight.args"
@@ -35,7 +36,12 @@ trap 'echo "stand-in trainer: checkpoint saved after SIGTERM"; exit 143' TERM
 printf '%s\n' "$@" > "$CALLS/trainer.args"
 env | grep -E '^(RUNPOD_|TORCH_ELASTIC_SHUTDOWN_TIMEOUT=|PATH=)' > "$CALLS/trainer.env"
 ps -o sid= -p $$ | tr -d ' ' > "$CALLS/trainer.sid"
-echo "stand-in trainer: step 1 loss 10.9"
+log_dir=log
+for ((i = 1; i < $#; i++)); do [[ ${!i} == --log-dir ]] && { j=$((i + 1)); log_dir=${!j}; }; done
+if [[ -z ${NO_STEP:-} ]]; then
+    echo "stand-in trainer: step 1 loss 10.9"
+    mkdir -p "$log_dir" && echo '{"event": "train", "step": 0, "loss": 10.9}' >> "$log_dir/metrics.jsonl"
+fi
 if [[ -n ${WAIT_FOR:-} ]]; then
     for _ in $(seq 400); do [[ -e $WAIT_FOR ]] && break; sleep 0.05; done
 fi
@@ -154,9 +160,9 @@ def test_log_dir_off_the_volume_refuses_a_detached_launch_and_keeps_a_foreground
 
 def test_detached_launch_off_the_volume_starts_with_keep_pod(rig):
     rig.log = rig.root / "container-disk" / "log"
-    r = train_sh(rig, "--keep-pod", "--log-dir", str(rig.log), "--", "--data", str(rig.data), **ON_VOLUME)
-    assert r.returncode == 0, r.stderr
+    r, _ = start_detached(rig, rig.root / "go", "--keep-pod", **ON_VOLUME)
     assert "training runs in the background" in r.stdout
+    (rig.root / "go").touch()
 
 
 # --- the check and the plan at launch ---
@@ -184,7 +190,7 @@ def test_launch_prints_the_plan_and_the_check_and_logs_them(rig):
     r, log_path = start_detached(rig, rig.root / "go")
     assert f"pod {POD} is removed (the volume keeps" in r.stdout and "if removing fails, it is stopped" in r.stdout
     assert f"runpodctl (v2) reaches pod {POD}: its status is RUNNING" in r.stdout
-    plan = [line for line in r.stdout.splitlines()[:-2] if "notice:" not in line]  # less the launch lines
+    plan = [line for line in r.stdout.split("train.sh: waiting for")[0].splitlines() if "notice:" not in line]
     assert log_path.read_text().startswith("\n".join(plan) + "\n")
     (rig.root / "go").touch()
 
@@ -197,9 +203,9 @@ def test_a_detached_launch_is_refused_when_runpodctl_cannot_reach_the_pod(rig):
     assert not (rig.calls / "trainer.args").exists() and not list(rig.log.glob("train-*.log"))
     assert "    " in r.stdout  # runpodctl's answer, indented, above the error
     # the way out the message names
-    r = train_sh(rig, "--no-pod-check", "--log-dir", str(rig.log), "--", "--data", str(rig.data), **env)
-    assert r.returncode == 0, r.stderr
+    r, _ = start_detached(rig, rig.root / "go", "--no-pod-check", **env)
     assert "training runs in the background" in r.stdout
+    (rig.root / "go").touch()
 
 
 # --- RunPod's variables from /etc/rp_environment ---
@@ -252,6 +258,10 @@ def save(signum, frame):
     (calls / f"worker{rank}.saved").write_text(os.environ["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"])
     sys.exit(128 + signum)
 signal.signal(signal.SIGTERM, save)
+if rank == "0":  # its first step, logged as train_gpt2.py logs it
+    log_dir = Path(sys.argv[sys.argv.index("--log-dir") + 1])
+    with open(log_dir / "metrics.jsonl", "a") as f:
+        f.write('{"event": "train", "step": 0}\n')
 (calls / f"worker{rank}.ready").touch()
 while True:
     time.sleep(0.05)
@@ -342,7 +352,7 @@ def test_the_preflight_runs_attached_with_the_runs_options_before_training_is_de
 
 def test_a_failed_preflight_starts_nothing_and_says_so_in_one_line(rig):
     r = train_sh(rig, "--log-dir", str(rig.log), "--", "--data", str(rig.data), PREFLIGHT_EXIT="1", **ON_VOLUME)
-    assert "the preflight failed (exit code 1)" in one_line_error(r) and "--no-preflight" in r.stderr
+    assert "the preflight failed (exit code 1)" in one_line_error(r) and "--no-preflight" not in r.stderr
     assert "stand-in preflight: screen" in r.stdout
     assert not (rig.calls / "trainer.args").exists() and runpodctl_calls(rig) == [f"pod get {POD}"]
 
