@@ -5,7 +5,7 @@ train.sh calls it four times; nothing of the training code imports it:
 
     python pod.py plan --log-dir DIR [--log FILE] [--foreground] [--keep-pod] [--no-pod-check]
     python pod.py env
-    python pod.py wait --log-dir DIR --since BYTES --pid PID --log FILE [--keep-pod]
+    python pod.py wait --log-dir DIR --since BYTES --pid PID --log FILE --log-offset BYTES [--keep-pod]
     python pod.py end --log-dir DIR --exit-code N --since BYTES [--signal INT|TERM|HUP] [--attended-by PID]
                       [--foreground] [--keep-pod]
 
@@ -13,12 +13,12 @@ train.sh calls it four times; nothing of the training code imports it:
 says what will happen to the pod when training ends, and checks that runpodctl can reach the pod; it refuses a
 detached launch that could not end the pod. `env` prints the RUNPOD_* variables of /etc/rp_environment that the
 environment lacks (KEY=value, each ended by a NUL byte), for train.sh to export to training. `wait` is what train.sh
-becomes once training runs in the background (PID, its child; not with --prep): it shows the log's new lines (less
-torchrun's own records and failure report) until the first optimizer step, then says how to follow and stop
-training and exits 0. When training ends before that, it says why (the trainer's `train_gpt2.py:` line, or the log's
-last lines) and exits non-zero; Ctrl-C is passed on to training (SIGINT to its process group), waited for, and exits
-130; a hangup just ends the wait, and training goes on. `end` decides, from how training ended, what happens to the
-pod, carries it out and writes every runpodctl answer to the log.
+becomes once training runs in the background (PID, its child; not with --prep): it shows the background run's lines of
+the log (from --log-offset on, less torchrun's own records and tracebacks) until the first optimizer step, then says
+how to follow and stop training and exits 0. When training ends before that, it says why (the trainer's
+`train_gpt2.py:` line, or the log's last lines) and exits non-zero; Ctrl-C is passed on to training (SIGINT to its
+process group), waited for, and exits 130; a hangup just ends the wait, and training goes on. `end` decides, from how
+training ended, what happens to the pod, carries it out and writes every runpodctl answer to the log.
 
 Whether a launch trained: the trainer appends one {"event": "train", ...} line to LOG_DIR/metrics.jsonl after every
 optimizer step (rank 0 only; the file is only ever appended to; the preflight writes none). A launch trained when
@@ -439,8 +439,7 @@ def wait(args: argparse.Namespace) -> int:
     the other ways it ends. args.pid must be this process's child."""
     ctrl_c = []
     signal.signal(signal.SIGINT, lambda signum, frame: ctrl_c.append(signum))
-    offset = os.path.getsize(args.log)  # the plan and the preflight before it were shown already
-    tail, pod, stopping = LogTail(args.log, offset), find_pod(args), 0
+    tail, pod, stopping = LogTail(args.log, args.log_offset), find_pod(args), 0
     say(f"train.sh: waiting for training's first step (compile, evals at step 0) - the log: tail -f {args.log}")
     while True:
         code = reaped(args.pid)
@@ -470,7 +469,7 @@ def wait(args: argparse.Namespace) -> int:
     if trained:
         say(f"train.sh: training made its first step and has ended already (exit code {code}) - the log: {args.log}")
         return code
-    for line in why_untrained(args.log, offset):
+    for line in why_untrained(args.log, args.log_offset):
         print(line, file=sys.stderr)
     print(f"train.sh: training ended before its first optimizer step (exit code {code}): nothing trained; "
           f"{kept}the log: {args.log}", file=sys.stderr)
@@ -657,6 +656,8 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     s.add_argument("--since", type=int, required=True, help="LOG_DIR/metrics.jsonl's size in bytes at launch")
     s.add_argument("--pid", type=int, required=True, help="the background run, a child of this process")
     s.add_argument("--log", required=True, help="the background run's log file")
+    s.add_argument("--log-offset", type=int, required=True,
+                   help="the log's size in bytes before the background run began (what came before was shown)")
     return p.parse_args(argv)
 
 

@@ -160,7 +160,7 @@ elif ((preflight)); then
     ((rc == 0)) || die "the preflight failed (exit code $rc): nothing started - fix what it says above$report"
 fi
 # metrics.jsonl's size now: the launch trained when a train event comes after it (pod.py's docstring)
-since=$( (wc -c <"$log_dir/metrics.jsonl") 2>/dev/null || echo 0) waiter=""
+since=$( (wc -c <"$log_dir/metrics.jsonl") 2>/dev/null || echo 0) waiter="" shown=$(wc -c <"$logfile")
 if ((foreground)); then say "logging to $logfile"; run_and_end && exit 0 || exit $?; fi
 ((prep)) || waiter=$$  # pod.py wait, once this process becomes it; --prep returns at once (the user leaves)
 # In its own session, so logging out does not reach it; `cmd &` would start it with SIGINT ignored, which a shell
@@ -168,6 +168,6 @@ if ((foreground)); then say "logging to $logfile"; run_and_end && exit 0 || exit
 setsid env --default-signal=INT,QUIT,HUP "$SCRIPT" --detached-child "$paths" "$since" "$waiter" "${args[@]}" \
     </dev/null >>"$logfile" 2>&1 &
 [[ -z $waiter ]] || exec "$PYTHON" "$HERE/pod.py" wait --log-dir "$log_dir" --since "$since" --pid $! --log "$logfile" \
-    "${pod_opts[@]}"
+    --log-offset "$shown" "${pod_opts[@]}"
 echo "train.sh: training runs in the background (pid $!, stop it with: kill -- -$!), logging to $logfile"
 echo "train.sh: follow it with: tail -f $logfile"
