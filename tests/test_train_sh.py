@@ -1,10 +1,10 @@
 """train.sh: arguments, checks, the preflight, detaching, stop signals, and pod.py called at launch and at the end.
 
 Stand-in `nvidia-smi` and `torchrun` executables in a temporary bin dir record their arguments; a stand-in trainer
-(TRAIN_CMD) succeeds or fails at once. `runpodctl` is tests/stand_ins/runpodctl (see its header); pod.py's own rules
-are tested in tests/test_pod.py, and here only as train.sh carries them out. The tests of stop signals run the real
-torchrun, with signals sent to the process group, as a terminal or `kill -- -PID` sends them.
-"""
+(TRAIN_CMD) logs a first step as train_gpt2.py does and succeeds or fails at once. `runpodctl` is
+tests/stand_ins/runpodctl (see its header); pod.py's own rules are tested in tests/test_pod.py, and here only as
+train.sh carries them out. The tests of stop signals run the real torchrun, with signals sent to the process group, as
+a terminal or `kill -- -PID` sends them."""
 
 import json
 import os
@@ -311,10 +311,12 @@ def test_the_shutdown_timeout_is_generous_unless_set(rig):
 # --- detaching ---
 
 @pytest.mark.parametrize("version", ["2", "1"])
-def test_detached_run_returns_at_once_and_logs_training_and_the_pod_decision(rig, version):
+def test_detached_run_returns_after_its_first_step_and_logs_training_and_the_pod_decision(rig, version):
     go = rig.root / "go"
     r, log_path = start_detached(rig, go, RUNPODCTL_VERSION=version, **ON_VOLUME)
     assert not go.exists() and "stand-in trainer: done" not in log_path.read_text()  # returned while training runs
+    assert r.stdout.index("waiting for training's first step") < r.stdout.index("stand-in trainer: step 1") < \
+        r.stdout.index("training runs in the background")
     assert int((rig.calls / "trainer.sid").read_text()) != os.getsid(0)  # its own session: logging out won't end it
     check = [f"pod get {POD}"] if version == "2" else [f"pod get {POD}", f"get pod {POD}"]
     assert runpodctl_calls(rig) == check  # the launch check
@@ -696,3 +698,142 @@ def test_a_detached_run_stopped_by_int_or_hup_logs_the_signal(rig, sig):
     wait_until(lambda: pod_status(rig) == "EXITED", log_path)
     log = log_path.read_text()
     assert f"after {sig.name}" in log and f"training was stopped with {sig.name}" in log
+
+
+# --- the pod is touched only by a launch that trained: train.sh waits for the first step (the real torchrun) ---
+
+def tiny(shards: Path) -> list[str]:
+    """train_gpt2.py options of a tiny run (two layers of 32) on shards."""
+    return ["--data", str(shards), "--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--seq-len", "32",
+            "--batch-size", "4", "--total-batch-size", "128", "--eval-every", "0", "--hellaswag-every", "0",
+            "--sample-every", "0"]
+
+
+def launch(rig: SimpleNamespace, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """A detached ./train.sh --no-preflight under the real torchrun; ARGS: train.sh's options, then after -- (if any)
+    train_gpt2.py's."""
+    return subprocess.run([str(TRAIN_SH), "--no-preflight", "--log-dir", str(rig.log), *args], cwd=rig.root,
+                          env=rig_env(rig, trainer=False, **env), capture_output=True, text=True, timeout=300)
+
+
+def test_a_launch_of_a_run_already_trained_says_so_exits_non_zero_and_leaves_the_pod(rig, tiny_shards):
+    finished = subprocess.run([sys.executable, str(ROOT / "train_gpt2.py"), *tiny(tiny_shards), "--max-steps", "2",
+                               "--log-dir", str(rig.log)], capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    r = launch(rig, "--nproc", "1", "--", *tiny(tiny_shards), "--max-steps", "2", **ON_VOLUME)
+    assert r.returncode == 1, r.stdout + r.stderr
+    said, verdict = r.stderr.splitlines()
+    assert said.startswith("train_gpt2.py: ") and "already trained step 2 of 2" in said
+    assert verdict.startswith("train.sh: training ended before its first optimizer step (exit code 0): nothing "
+                              f"trained; pod {POD} is left as it was")
+    assert runpodctl_calls(rig) == [f"pod get {POD}"] and pod_status(rig) == "RUNNING"  # the launch check only
+    assert "before its first optimizer step (exit code 0), with you at the terminal" in train_log(rig.log)
+
+
+def test_a_launch_whose_options_the_trainer_refuses_shows_its_line_once_and_leaves_the_pod(rig, demo_shards):
+    r = launch(rig, "--nproc", "2", "--", "--preset", "demo", "--data", str(demo_shards), **ON_VOLUME)
+    assert r.returncode == 1, r.stdout + r.stderr
+    said, verdict = r.stderr.splitlines()
+    assert said.startswith("train_gpt2.py: --total-batch-size 512 is not a multiple of")
+    assert r.stdout.count(said) == 1  # as it came (both ranks say it), without torchrun's report
+    assert "ChildFailedError" not in r.stdout + r.stderr and "ChildFailedError" in train_log(rig.log)
+    assert "(exit code 1): nothing trained" in verdict
+    assert runpodctl_calls(rig) == [f"pod get {POD}"] and pod_status(rig) == "RUNNING"
+
+
+def test_a_detached_launch_returns_after_the_first_step_and_training_goes_on_until_its_printed_kill(rig, demo_shards):
+    r = launch(rig, "--nproc", "1", "--", "--preset", "demo", "--data", str(demo_shards), "--n-layer", "2",
+               "--eval-every", "0", "--sample-every", "0", **ON_POD)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout
+    assert out.index("train.sh: waiting for training's first step") < out.index("step     0/519 | loss") < \
+        out.index("train.sh: training runs in the background")
+    pid = int(out.split("stop it with: kill -- -")[1].split(")")[0])
+    os.killpg(pid, 0)  # going on: 518 steps to go
+    assert runpodctl_calls(rig) == [f"pod get {POD}"]
+    log_path = Path(out.split("tail -f ")[1].split()[0])
+    subprocess.run(["kill", "--", f"-{pid}"], check=True)  # as printed: its end, with the pod policy of today
+    wait_until(lambda: f"done: pod {POD} is stopped" in log_path.read_text(), log_path, 120)
+    log = log_path.read_text()
+    assert "training was stopped with SIGTERM" in log and list(rig.log.glob("model_*.pt"))
+
+
+SLOW_START = r"""
+import os, signal, sys, time
+from pathlib import Path
+calls = Path(os.environ["CALLS"])
+def stop(signum, frame):
+    (calls / "worker.stopped").write_text(signal.Signals(signum).name)
+    sys.exit(128 + signum)
+signal.signal(signal.SIGINT, stop)
+(calls / "worker.ready").touch()
+while True:  # compiling, evaluating at step 0: no optimizer step yet
+    time.sleep(0.05)
+"""
+
+
+def test_ctrl_c_while_train_sh_waits_for_the_first_step_stops_the_launch_and_leaves_the_pod(rig):
+    worker, out = rig.root / "worker.py", rig.root / "out"
+    worker.write_text(SLOW_START)
+    torchrun = Path(sys.executable).parent / "torchrun"
+    env = rig_env(rig, trainer=False, TRAIN_CMD=f"{torchrun} --standalone --nproc_per_node=1 {worker}", **ON_VOLUME)
+    with open(out, "w") as f:  # in its own process group, as a terminal runs it
+        proc = subprocess.Popen([str(TRAIN_SH), "--no-preflight", "--log-dir", str(rig.log), "--", "--data",
+                                 str(rig.data)], cwd=rig.root, env=env, start_new_session=True, stdout=f,
+                                stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: (rig.calls / "worker.ready").exists() and "waiting for training's first" in out.read_text(),
+                   out, 120)
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=120) == 130, out.read_text()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    text = out.read_text()
+    assert "train.sh: Ctrl-C: stopping training" in text
+    assert f"stopped by Ctrl-C before its first step: nothing trained; pod {POD} is left as it was" in text
+    assert (rig.calls / "worker.stopped").read_text() == "SIGINT"  # passed on to the worker by torchrun
+    log = train_log(rig.log)
+    assert "exit code 1 after SIGINT" in log and "interrupted with Ctrl-C" in log
+    assert runpodctl_calls(rig) == [f"pod get {POD}"] and pod_status(rig) == "RUNNING"
+
+
+def test_with_prep_nobody_waits_and_a_launch_that_never_stepped_ends_the_pod(rig, demo_shards):
+    r = launch(rig, "--prep", "--nproc", "2", "--", "--preset", "demo", "--data", str(demo_shards), **ON_POD)
+    assert r.returncode == 0, r.stderr
+    assert "training runs in the background" in r.stdout and "waiting for" not in r.stdout
+    log_path = Path(r.stdout.split("tail -f ")[1].split()[0])
+    wait_until(lambda: f"done: pod {POD} is stopped" in log_path.read_text(), log_path, 120)
+    log = log_path.read_text()
+    assert "is not a multiple of" in log
+    assert "before its first optimizer step (exit code 1) and nobody is at the terminal" in log
+    assert runpodctl_calls(rig) == [f"pod get {POD}", f"pod stop {POD}", f"pod get {POD}"]
+
+
+def test_a_hangup_ends_the_wait_training_goes_on_and_ending_before_its_first_step_then_ends_the_pod(rig):
+    go, out = rig.root / "go", rig.root / "out"
+    env = rig_env(rig, WAIT_FOR=str(go), NO_STEP="1", **ON_POD)  # a trainer that never steps
+    with open(out, "w") as f:
+        proc = subprocess.Popen([str(TRAIN_SH), "--no-preflight", "--log-dir", str(rig.log), "--", "--data",
+                                 str(rig.data)], cwd=rig.root, env=env, start_new_session=True, stdout=f,
+                                stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: (rig.calls / "trainer.sid").exists() and "waiting for training's first" in out.read_text(),
+                   out)
+        os.killpg(proc.pid, signal.SIGHUP)  # the SSH connection dropped
+        assert proc.wait(timeout=60) == -signal.SIGHUP
+        log_path = next(rig.log.glob("train-*.log"))
+        assert "training ended" not in log_path.read_text()  # it goes on
+    finally:
+        go.touch()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    wait_until(lambda: f"done: pod {POD} is stopped" in log_path.read_text(), log_path)
+    assert "before its first optimizer step (exit code 0) and nobody is at the terminal" in log_path.read_text()
+
+
+def test_a_foreground_run_that_never_stepped_leaves_the_pod(rig):
+    r = foreground(rig, "--no-preflight", NO_STEP="1", TRAINER_EXIT="1", **ON_VOLUME)
+    assert r.returncode == 1
+    assert "before its first optimizer step (exit code 1), with you at the terminal" in r.stdout
+    assert runpodctl_calls(rig) == [f"pod get {POD}"] and pod_status(rig) == "RUNNING"
