@@ -554,20 +554,20 @@ def outcome(args: argparse.Namespace, holder: str, trained: bool, watched: bool)
     """How the launch ended, from the trainer's exit code, the stop signal train.sh noted, whether it trained (a train
     event after --since) and whether someone is at the terminal (attended()): ctrl-c (SIGINT, someone at the
     terminal), refused (training exited because another run holds the log dir), early (no optimizer step, someone at
-    the terminal), stopped (any other stop signal), failed or finished (either of these two without a step, too).
-    What happens to the pod follows from this alone."""
+    the terminal), early-unwatched (no optimizer step, nobody at the terminal), stopped (any other stop signal),
+    failed or finished. What happens to the pod follows from this alone."""
     if args.signal == "INT" and watched:
         return "ctrl-c"
     if args.exit_code and holder:
         return "refused"
-    if not trained and watched:
-        return "early"
+    if not trained:
+        return "early" if watched else "early-unwatched"
     if args.signal:
         return "stopped"
     return "failed" if args.exit_code else "finished"
 
 
-def decide(pod: Pod, args: argparse.Namespace, ended: str, holder: str, trained: bool) -> tuple[str, str]:
+def decide(pod: Pod, args: argparse.Namespace, ended: str, holder: str) -> tuple[str, str]:
     """(remove, stop or "": what to do with the pod, the line that says why)."""
     if leaves_pod(pod, args):
         return "", leaves_pod(pod, args)
@@ -581,12 +581,11 @@ def decide(pod: Pod, args: argparse.Namespace, ended: str, holder: str, trained:
         return "", (f"training ended before its first optimizer step ({code}), with you at the terminal: pod "
                     f"{pod.id} is left as it was")
     how = {"finished": "training finished", "failed": f"training exited with code {args.exit_code}",
-           "stopped": f"training was stopped with SIG{args.signal}"}[ended]
-    if not trained:
-        how = f"training ended before its first optimizer step ({code}) and nobody is at the terminal"
+           "stopped": f"training was stopped with SIG{args.signal}",
+           "early-unwatched": f"training ended before its first optimizer step ({code}) and nobody is at the terminal"}
     action, why = pod.fate()
-    reason = f"{how}; log dir {pod.log_dir} is {pod.where} - {DOING[action].format(pod.id)}: {why}"
-    if action == "remove" and (ended != "finished" or not trained):
+    reason = f"{how[ended]}; log dir {pod.log_dir} is {pod.where} - {DOING[action].format(pod.id)}: {why}"
+    if action == "remove" and ended != "finished":
         reason += " (a stopped pod would keep nothing more, and could find no free GPU when restarted)"
     return action, reason
 
@@ -598,7 +597,7 @@ def end(args: argparse.Namespace) -> None:
     pod = find_pod(args)
     holder = "" if args.signal or not args.exit_code else lock_holder(args.log_dir)
     trained = trained_since(args.log_dir, args.since)
-    action, reason = decide(pod, args, outcome(args, holder, trained, attended(args)), holder, trained)
+    action, reason = decide(pod, args, outcome(args, holder, trained, attended(args)), holder)
     say(f"pod.py: {reason}")
     if not action:
         return
