@@ -413,7 +413,7 @@ def reaped(pid: int) -> int | None:
     """The exit code of child process pid once it has ended (128 + N for signal N), else None."""
     try:
         done, status = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:  # not this process's child: no exit code to read
+    except ChildProcessError:  # not this process's child (or waited for already): its exit code is lost, 1 says so
         return None if alive(pid) else 1
     if not done:
         return None

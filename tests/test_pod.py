@@ -227,10 +227,13 @@ def test_the_wait_shows_the_trainers_lines_less_torchruns_records_traceback_and_
 
 def wait_for_first_step(rig: SimpleNamespace, child: str, **env: str) -> tuple[subprocess.CompletedProcess, Path]:
     """pod.py wait as train.sh runs it: bash starts CHILD (a bash script, in its own session, its output appended to
-    the log) and becomes pod.py wait for it, with metrics.jsonl's size at launch. Returns wait's result and the log."""
+    the log) and becomes pod.py wait for it, with metrics.jsonl's size at launch. Returns wait's result and the log.
+    CHILD begins once its parent is pod.py: one that ended sooner would be waited for by bash (train.sh's child takes
+    seconds to start training)."""
     log, metrics = rig.log / "train-1.log", rig.log / "metrics.jsonl"
     log.write_text("pod.py: the plan, shown before the wait\n")
     metrics.write_text('{"event": "train", "step": 0}\n')  # an earlier launch's step
+    child = f"until grep -q pod.py /proc/$PPID/cmdline; do sleep 0.01; done; {child}"
     script = (f'setsid bash -c "$CHILD" >>"$LOG" 2>&1 </dev/null & exec "{sys.executable}" "{ROOT / "pod.py"}" wait '
               f'--log-dir "{rig.log}" --since {metrics.stat().st_size} --pid $! --log "$LOG" '
               f'--log-offset {log.stat().st_size}')
