@@ -442,7 +442,9 @@ def wait(args: argparse.Namespace) -> int:
     tail, pod, stopping = LogTail(args.log, args.log_offset), find_pod(args), 0
     say(f"train.sh: waiting for training's first step (compile, evals at step 0) - the log: tail -f {args.log}")
     while True:
+        # in this order, so that the lines shown include all that came before the step's event or the run's end
         code = reaped(args.pid)
+        trained = trained_since(args.log_dir, args.since)
         for line in tail.lines(final=code is not None):
             say(line)
         if len(ctrl_c) > stopping and code is None:  # each Ctrl-C goes on to training, as in a --foreground run
@@ -451,7 +453,6 @@ def wait(args: argparse.Namespace) -> int:
             stopping = len(ctrl_c)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(args.pid, signal.SIGINT)
-        trained = trained_since(args.log_dir, args.since)
         if code is not None or (trained and not stopping):
             break
         time.sleep(POLL)
