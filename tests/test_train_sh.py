@@ -263,7 +263,7 @@ if rank == "0":  # its first step, logged as train_gpt2.py logs it
     with open(log_dir / "metrics.jsonl", "a") as f:
         f.write('{"event": "train", "step": 0}\n')
 (calls / f"worker{rank}.ready").touch()
-while True:
+for _ in range(6000):  # at most 5 minutes: a failed test leaves nothing running
     time.sleep(0.05)
 """
 
@@ -767,7 +767,7 @@ def stop(signum, frame):
     sys.exit(128 + signum)
 signal.signal(signal.SIGINT, stop)
 (calls / "worker.ready").touch()
-while True:  # compiling, evaluating at step 0: no optimizer step yet
+for _ in range(6000):  # compiling, evaluating at step 0: no optimizer step yet (at most 5 minutes)
     time.sleep(0.05)
 """
 
