@@ -1,16 +1,30 @@
-"""What happens to the RunPod pod around a training run: the plan train.sh prints at launch, and the end of the run.
+"""What happens to the RunPod pod around a training run: the plan train.sh prints at launch, the wait for training's
+first step, and the end of the run.
 
-train.sh calls it three times; nothing of the training code imports it:
+train.sh calls it four times; nothing of the training code imports it:
 
     python pod.py plan --log-dir DIR [--log FILE] [--foreground] [--keep-pod] [--no-pod-check]
     python pod.py env
-    python pod.py end --log-dir DIR --exit-code N [--signal INT|TERM|HUP] [--foreground] [--keep-pod]
+    python pod.py wait --log-dir DIR --since BYTES --pid PID --log FILE --log-offset BYTES [--keep-pod]
+    python pod.py end --log-dir DIR --exit-code N --since BYTES [--signal INT|TERM|HUP] [--attended-by PID]
+                      [--foreground] [--keep-pod]
 
 `plan` refuses a launch onto a log dir whose run is still going (that launch changes nothing, the pod included),
 says what will happen to the pod when training ends, and checks that runpodctl can reach the pod; it refuses a
 detached launch that could not end the pod. `env` prints the RUNPOD_* variables of /etc/rp_environment that the
-environment lacks (KEY=value, each ended by a NUL byte), for train.sh to export to training. `end` decides, from how
+environment lacks (KEY=value, each ended by a NUL byte), for train.sh to export to training. `wait` is what train.sh
+becomes once training runs in the background (PID, its child; not with --prep): it shows the background run's lines of
+the log (from --log-offset on, less torchrun's own records and tracebacks) until the first optimizer step, then says
+how to follow and stop training and exits 0. When training ends before that, it says why (the trainer's
+`train_gpt2.py:` line, or the log's last lines) and exits non-zero; Ctrl-C is passed on to training (SIGINT to its
+process group), waited for, and exits 130; a hangup just ends the wait, and training goes on. `end` decides, from how
 training ended, what happens to the pod, carries it out and writes every runpodctl answer to the log.
+
+Whether a launch trained: the trainer appends one {"event": "train", ...} line to LOG_DIR/metrics.jsonl after every
+optimizer step (rank 0 only; the file is only ever appended to; the preflight writes none). A launch trained when
+metrics.jsonl gained a train event after the size in bytes it had at launch, which train.sh measures after the
+preflight, right before training starts (0 when there is no file), and passes on as --since. Someone is at the
+terminal while `wait` runs (its pid is --attended-by) and in a --foreground run that no hangup (SIGHUP) ended.
 
 What happens to the pod when training ends, by where the log dir is (symlinks resolved):
   on a network volume (under /workspace, RUNPOD_VOLUME_ID set)
@@ -23,7 +37,10 @@ What happens to the pod when training ends, by where the log dir is (symlinks re
       stopping fails                                        the pod is left running, and the log says so
   outside /workspace (on the container disk, which stopping or removing the pod wipes)
       a detached launch is refused (unless --keep-pod); a --foreground run leaves the pod running
-  Ctrl-C in a --foreground run                              the pod is left running: you are at the keyboard
+  training ended before its first optimizer step (whatever its exit code: refused options, already trained, ...)
+      someone at the terminal                               the pod is left as it was; the terminal says why
+      nobody (--prep, or a hangup ended the wait)           as when training failed (above), the log saying why
+  Ctrl-C in a --foreground run or while train.sh waits      the pod is left running: you are at the keyboard
   another run holds the log dir, so training never started  the pod is left running for that run
   --keep-pod                                                the pod is left running
   not a RunPod pod (no RUNPOD_POD_ID)                       nothing
@@ -53,6 +70,7 @@ Options for tests: POD_RP_ENVIRONMENT, POD_WORKSPACE and POD_RETRY_DELAYS set th
 """
 
 import argparse
+import contextlib
 import fcntl
 import json
 import os
@@ -69,6 +87,7 @@ from pathlib import Path
 from common import HelpFormatter
 
 CALL_TIMEOUT = 120  # seconds one runpodctl call may take
+POLL = 0.1  # seconds between looks at the log while train.sh waits for the first step
 
 # Where the log dir is -> what ending a run does to the pod, and why. The plan, the end and the docstring say it.
 FATES = {
@@ -296,6 +315,169 @@ def carry_out(ctl: Runpodctl, action: str, delays: list[float]) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# whether a launch trained, and whether someone watches it
+
+def trained_since(log_dir: str, since: int) -> bool:
+    """Whether LOG_DIR/metrics.jsonl has a train event after byte `since`, its size at launch (the whole file when it
+    is shorter now: it was replaced). A line still being written is not read as one."""
+    try:
+        with open(Path(log_dir) / "metrics.jsonl", "rb") as f:
+            f.seek(since if os.fstat(f.fileno()).st_size >= since else 0)
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict) and record.get("event") == "train":
+                    return True
+    except OSError:
+        pass
+    return False
+
+
+def alive(pid: int) -> bool:
+    """Whether process pid runs (a zombie, ended but not yet waited for, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc here
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        return True
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+
+
+def attended(args: argparse.Namespace) -> bool:
+    """Someone is at the terminal: a --foreground run that no hangup ended, or train.sh still waiting for the first
+    step (--attended-by: the pid of `pod.py wait`)."""
+    if args.foreground:
+        return args.signal != "HUP"
+    return args.attended_by is not None and alive(args.attended_by)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# train.sh's wait for the first step
+
+# torchrun's own log records, e.g. `W0612 10:00:00.675000 8466 torch/distributed/run.py:874] Setting OMP_NUM_THREADS`
+TORCHRUN_RECORD = re.compile(r"[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+:\d+\] ")
+
+
+class LogTail:
+    """The whole lines a log file gains from a byte offset on, for the terminal: less torchrun's own log records and
+    tracebacks (torch.distributed.elastic's exceptions: a stop signal; a worker failed, with a report after it - the
+    worker's own lines say why), and each `train_gpt2.py:` line once (every rank says it)."""
+
+    def __init__(self, path: str, offset: int):
+        self.path, self.offset, self.rest = path, offset, b""
+        self.held: list[str] = []  # a traceback, until its last line says whose it is
+        self.report_rules = 0  # the ===== lines of torchrun's report still to skip
+        self.said: set[str] = set()
+
+    def read(self) -> list[str]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except OSError:
+            return []
+        self.offset += len(data)
+        *lines, self.rest = (self.rest + data).split(b"\n")
+        return [line.decode(errors="replace").rstrip("\r") for line in lines]
+
+    def lines(self, final: bool = False) -> list[str]:
+        """The new lines to show; final: the writer has ended, so a held traceback is shown too."""
+        shown = []
+        for line in self.read():
+            if self.report_rules:
+                self.report_rules -= bool(line) and set(line) == {"="}
+            elif line == "Traceback (most recent call last):" or (self.held and line[:1] in ("", " ")):
+                self.held.append(line)
+            elif self.held and line.startswith("torch.distributed.elastic."):
+                self.held, self.report_rules = [], 2 * ("ChildFailedError" in line)
+            elif not TORCHRUN_RECORD.match(line) and line not in self.said:
+                shown += self.held + [line]
+                self.held = []
+                if line.startswith("train_gpt2.py: "):
+                    self.said.add(line)
+        if final:
+            shown, self.held = shown + self.held, []
+        return shown
+
+
+def reaped(pid: int) -> int | None:
+    """The exit code of child process pid once it has ended (128 + N for signal N), else None."""
+    try:
+        done, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:  # not this process's child (or waited for already): its exit code is lost, 1 says so
+        return None if alive(pid) else 1
+    if not done:
+        return None
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
+
+
+def why_untrained(log: str, offset: int) -> list[str]:
+    """Why a launch ended before its first step, from its log (from offset on): the trainer's `train_gpt2.py:` lines
+    other than notices and warnings, each once; when there is none, the log's last lines."""
+    with open(log, "rb") as f:
+        f.seek(offset)
+        lines = f.read().decode(errors="replace").splitlines()
+    said = [line for line in lines if line.startswith("train_gpt2.py: ")
+            and not line.startswith(("train_gpt2.py: notice:", "train_gpt2.py: warning:"))]
+    if said:
+        return list(dict.fromkeys(said))
+    return [line for line in lines if not line.startswith(("train.sh: ", "pod.py: "))][-12:]
+
+
+def wait(args: argparse.Namespace) -> int:
+    """Show the log until training's first optimizer step, then leave it running and return 0; see the docstring for
+    the other ways it ends. args.pid must be this process's child."""
+    ctrl_c = []
+    signal.signal(signal.SIGINT, lambda signum, frame: ctrl_c.append(signum))
+    tail, pod, stopping = LogTail(args.log, args.log_offset), find_pod(args), 0
+    say(f"train.sh: waiting for training's first step (compile, evals at step 0) - the log: tail -f {args.log}")
+    while True:
+        # in this order, so that the lines shown include all that came before the step's event or the run's end
+        code = reaped(args.pid)
+        trained = trained_since(args.log_dir, args.since)
+        for line in tail.lines(final=code is not None):
+            say(line)
+        if len(ctrl_c) > stopping and code is None:  # each Ctrl-C goes on to training, as in a --foreground run
+            if not stopping:
+                say("train.sh: Ctrl-C: stopping training, waiting for it to end")
+            stopping = len(ctrl_c)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(args.pid, signal.SIGINT)
+        if code is not None or (trained and not stopping):
+            break
+        time.sleep(POLL)
+    kept = f"pod {pod.id} is left as it was - " if pod.id else ""
+    if stopping:
+        when = "just after its first step (it saves a checkpoint when stopped)" if trained else \
+            "before its first step: nothing trained"
+        print(f"train.sh: training was stopped by Ctrl-C {when}; {kept}the log: {args.log}", file=sys.stderr)
+        return 130
+    if trained and code is None:
+        say(f"train.sh: training runs in the background (pid {args.pid}, stop it with: kill -- -{args.pid}), "
+            f"logging to {args.log}")
+        say(f"train.sh: follow it with: tail -f {args.log}")
+        return 0
+    if trained:
+        say(f"train.sh: training made its first step and has ended already (exit code {code}) - the log: {args.log}")
+        return code
+    for line in why_untrained(args.log, args.log_offset):
+        print(line, file=sys.stderr)
+    print(f"train.sh: training ended before its first optimizer step (exit code {code}): nothing trained; "
+          f"{kept}the log: {args.log}", file=sys.stderr)
+    return code or 1
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # the plan at launch, and the end of the run
 
 def leaves_pod(pod: Pod, args: argparse.Namespace) -> str:
@@ -369,16 +551,20 @@ def plan(args: argparse.Namespace) -> None:
             f.writelines(line + "\n" for line in lines)
 
 
-def outcome(args: argparse.Namespace, holder: str) -> str:
-    """How the run ended, from the trainer's exit code and the stop signal train.sh noted: ctrl-c (SIGINT at the
-    terminal of a --foreground run), stopped (any other stop signal), refused (training exited because another run
-    holds the log dir), failed or finished. What happens to the pod follows from this alone."""
-    if args.signal == "INT" and args.foreground:
+def outcome(args: argparse.Namespace, holder: str, trained: bool, watched: bool) -> str:
+    """How the launch ended, from the trainer's exit code, the stop signal train.sh noted, whether it trained (a train
+    event after --since) and whether someone is at the terminal (attended()): ctrl-c (SIGINT, someone at the
+    terminal), refused (training exited because another run holds the log dir), early (no optimizer step, someone at
+    the terminal), early-unwatched (no optimizer step, nobody at the terminal), stopped (any other stop signal),
+    failed or finished. What happens to the pod follows from this alone."""
+    if args.signal == "INT" and watched:
         return "ctrl-c"
-    if args.signal:
-        return "stopped"
     if args.exit_code and holder:
         return "refused"
+    if not trained:
+        return "early" if watched else "early-unwatched"
+    if args.signal:
+        return "stopped"
     return "failed" if args.exit_code else "finished"
 
 
@@ -391,10 +577,15 @@ def decide(pod: Pod, args: argparse.Namespace, ended: str, holder: str) -> tuple
     if ended == "refused":
         return "", (f"training did not start: another run ({holder}) has {args.log_dir} - "
                     f"pod {pod.id} is left running for it")
+    code = f"exit code {args.exit_code}" + (f" after SIG{args.signal}" if args.signal else "")
+    if ended == "early":
+        return "", (f"training ended before its first optimizer step ({code}), with you at the terminal: pod "
+                    f"{pod.id} is left as it was")
     how = {"finished": "training finished", "failed": f"training exited with code {args.exit_code}",
-           "stopped": f"training was stopped with SIG{args.signal}"}[ended]
+           "stopped": f"training was stopped with SIG{args.signal}",
+           "early-unwatched": f"training ended before its first optimizer step ({code}) and nobody is at the terminal"}
     action, why = pod.fate()
-    reason = f"{how}; log dir {pod.log_dir} is {pod.where} - {DOING[action].format(pod.id)}: {why}"
+    reason = f"{how[ended]}; log dir {pod.log_dir} is {pod.where} - {DOING[action].format(pod.id)}: {why}"
     if action == "remove" and ended != "finished":
         reason += " (a stopped pod would keep nothing more, and could find no free GPU when restarted)"
     return action, reason
@@ -406,7 +597,8 @@ def end(args: argparse.Namespace) -> None:
         signal.signal(sig, signal.SIG_IGN)
     pod = find_pod(args)
     holder = "" if args.signal or not args.exit_code else lock_holder(args.log_dir)
-    action, reason = decide(pod, args, outcome(args, holder), holder)
+    trained = trained_since(args.log_dir, args.since)
+    action, reason = decide(pod, args, outcome(args, holder, trained, attended(args)), holder)
     say(f"pod.py: {reason}")
     if not action:
         return
@@ -452,9 +644,20 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="when training ended: decide, then stop or remove the pod")
     s.add_argument("--exit-code", type=int, required=True, help="the trainer's exit code")
     s.add_argument("--signal", choices=["INT", "TERM", "HUP"], default=None, help="the stop signal train.sh got")
+    s.add_argument("--since", type=int, required=True,
+                   help="LOG_DIR/metrics.jsonl's size in bytes at launch: a train event after it means it trained")
+    s.add_argument("--attended-by", type=int, default=None, metavar="PID",
+                   help="the pid of train.sh's wait for the first step: while it runs, someone is at the terminal")
     s.add_argument("--retry-delays", type=lambda s: [float(x) for x in s.split()],
                    default=os.environ.get("POD_RETRY_DELAYS", "15 30 60 120"),
                    help="seconds to wait before each new try of a stop or remove")
+    s = sub.add_parser("wait", parents=[run], formatter_class=HelpFormatter,
+                       help="train.sh, once training runs in the background: its lines until the first step")
+    s.add_argument("--since", type=int, required=True, help="LOG_DIR/metrics.jsonl's size in bytes at launch")
+    s.add_argument("--pid", type=int, required=True, help="the background run, a child of this process")
+    s.add_argument("--log", required=True, help="the background run's log file")
+    s.add_argument("--log-offset", type=int, required=True,
+                   help="the log's size in bytes before the background run began (what came before was shown)")
     return p.parse_args(argv)
 
 
@@ -466,6 +669,8 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "env":
             for key, value in missing_from_environment(args.rp_environment).items():
                 sys.stdout.write(f"{key}={value}\0")
+        elif args.command == "wait":
+            sys.exit(wait(args))
         else:
             end(args)
     except PodError as e:

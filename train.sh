@@ -3,15 +3,19 @@
 #
 # Trains GPT-2 on every GPU of this machine. First train_gpt2.py --preflight runs with the same options, attached (a
 # few steps of every part at the real shapes; the time and cost of the run); a failed preflight starts nothing. Then
-# torchrun train_gpt2.py runs in the background (it keeps going after you log out), logging to LOG_DIR/train-<time>.log.
-# On a RunPod pod, pod.py says at launch what happens to the pod when training ends (removed when the log dir is on a
-# network volume, stopped when it is on the pod's volume disk) and does it then: python pod.py --help has the details.
+# torchrun train_gpt2.py runs in the background (it keeps going after you log out), logging to LOG_DIR/train-<time>.log;
+# train.sh shows its lines until its first optimizer step and returns then. A launch that ends before that step says
+# why and exits non-zero; Ctrl-C while train.sh waits stops it. On a RunPod pod, pod.py says at launch what happens to
+# the pod when training ends (removed when the log dir is on a network volume, stopped when it is on the pod's volume
+# disk) and does it then; a launch that never stepped leaves the pod as it was, unless nobody watched it (--prep, a
+# dropped SSH): python pod.py --help has the details.
 #
 #   CHECKPOINT       model_*.pt to continue (--resume); auto (default): the newest in LOG_DIR; none: start fresh
 #   EPOCHS           epochs the run spans, e.g. 2 for a second epoch (--epochs)
 #   --nproc N        processes / GPUs (default: the GPUs nvidia-smi lists, 1 without one)
 #   --log-dir DIR    checkpoints and logs (default: train_gpt2.py's, log/ or log/demo/ with --preset demo)
-#   --prep           make the data first (the default folder: fineweb.py --pretokenized, rerun to go on)
+#   --prep           make the data first (the default folder: fineweb.py --pretokenized, rerun to go on); train.sh
+#                    returns at once, without waiting for the first step
 #   --foreground     stay attached to the terminal (local runs); Ctrl-C then leaves the pod running
 #   --no-preflight   start training without the preflight
 #   --keep-pod       leave the RunPod pod running when training ends
@@ -43,7 +47,7 @@ while (($#)); do
         --no-pod-check) pod_check=("$1"); shift ;;
         --prep) prep=1; shift ;;
         --no-preflight) preflight=0; shift ;;
-        --detached-child) detached=1; paths=$2; shift 2 ;;  # internal: train.sh, restarted in the background
+        --detached-child) detached=1; paths=$2 since=$3 waiter=$4; shift 4 ;;  # internal: train.sh, in the background
         --) shift; extra=("$@"); break ;;  # train_gpt2.py's, after train.sh's --log-dir (the last one wins)
         -*) die "unknown option $1 - see ./train.sh --help (train_gpt2.py options go after --)" ;;
         *) positional+=("$1"); shift ;;
@@ -115,7 +119,7 @@ run_and_end() {
     if ((rc == 0)) && [[ -z $stop_signal ]]; then say "running ${cmd[*]}"; logged "${cmd[@]}" || rc=$?; fi
     say "$(date '+%Y-%m-%d %H:%M:%S') training ended with exit code $rc${stop_signal:+ after SIG$stop_signal}"
     logged "$PYTHON" "$HERE/pod.py" end --log-dir "$log_dir" --exit-code "$rc" ${stop_signal:+--signal "$stop_signal"} \
-        "${pod_opts[@]}" || true
+        --since "$since" ${waiter:+--attended-by "$waiter"} "${pod_opts[@]}" || true
     return "$rc"
 }
 if ((detached)); then run_and_end && exit 0 || exit $?; fi
@@ -154,12 +158,17 @@ elif ((preflight)); then
     rm -f "$err"
     [[ -z $stop_signal ]] || { echo "train.sh: the preflight was stopped by SIG$stop_signal: nothing started (its" \
         "output is in $logfile)" >&2; exit 130; }
-    ((rc == 0)) || die "the preflight failed (exit code $rc): nothing started - fix what it says above$report, or" \
-        "start with --no-preflight"
+    ((rc == 0)) || die "the preflight failed (exit code $rc): nothing started - fix what it says above$report"
 fi
+# metrics.jsonl's size now: the launch trained when a train event comes after it (pod.py's docstring)
+since=$( (wc -c <"$log_dir/metrics.jsonl") 2>/dev/null || echo 0) waiter="" shown=$(wc -c <"$logfile")
 if ((foreground)); then say "logging to $logfile"; run_and_end && exit 0 || exit $?; fi
+((prep)) || waiter=$$  # pod.py wait, once this process becomes it; --prep returns at once (the user leaves)
 # In its own session, so logging out does not reach it; `cmd &` would start it with SIGINT ignored, which a shell
 # cannot trap: env sets INT, QUIT and HUP back to their defaults (the log says which signal stopped training).
-setsid env --default-signal=INT,QUIT,HUP "$SCRIPT" --detached-child "$paths" "${args[@]}" </dev/null >>"$logfile" 2>&1 &
+setsid env --default-signal=INT,QUIT,HUP "$SCRIPT" --detached-child "$paths" "$since" "$waiter" "${args[@]}" \
+    </dev/null >>"$logfile" 2>&1 &
+[[ -z $waiter ]] || exec "$PYTHON" "$HERE/pod.py" wait --log-dir "$log_dir" --since "$since" --pid $! --log "$logfile" \
+    --log-offset "$shown" "${pod_opts[@]}"
 echo "train.sh: training runs in the background (pid $!, stop it with: kill -- -$!), logging to $logfile"
 echo "train.sh: follow it with: tail -f $logfile"

@@ -26,13 +26,18 @@ def rig(tmp_path: Path, account: SimpleNamespace) -> SimpleNamespace:
                            rp_environment=tmp_path / "rp_environment")
 
 
-def pod_py(rig: SimpleNamespace, *args: str, **env: str) -> subprocess.CompletedProcess:
-    """python pod.py ARGS in the rig; keyword arguments set environment variables (no RUNPOD_* unless given)."""
+def pod_env(rig: SimpleNamespace, **env: str) -> dict[str, str]:
+    """The environment for pod.py in the rig: no RUNPOD_* variables unless given, runpodctl retries without waiting."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNPOD", "POD_"))}
     full_env.update(rig.account.env, PATH=f"{rig.account.bin}:{os.environ['PATH']}", POD_RETRY_DELAYS="0 0",
                     POD_WORKSPACE=str(rig.workspace), POD_RP_ENVIRONMENT=str(rig.rp_environment))
     full_env.update(env)
-    return subprocess.run([sys.executable, str(ROOT / "pod.py"), *args], env=full_env, capture_output=True,
+    return full_env
+
+
+def pod_py(rig: SimpleNamespace, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """python pod.py ARGS in the rig; keyword arguments set environment variables (no RUNPOD_* unless given)."""
+    return subprocess.run([sys.executable, str(ROOT / "pod.py"), *args], env=pod_env(rig, **env), capture_output=True,
                           text=True, timeout=60)
 
 
@@ -40,8 +45,16 @@ def plan(rig: SimpleNamespace, *args: str, **env: str) -> subprocess.CompletedPr
     return pod_py(rig, "plan", "--log-dir", str(rig.log), *args, **env)
 
 
-def end(rig: SimpleNamespace, code: int = 0, *args: str, **env: str) -> subprocess.CompletedProcess:
-    r = pod_py(rig, "end", "--log-dir", str(rig.log), "--exit-code", str(code), *args, **env)
+def end(rig: SimpleNamespace, code: int = 0, *args: str, trained: bool = True,
+        **env: str) -> subprocess.CompletedProcess:
+    """pod.py end, for a launch that began with metrics.jsonl as it is now and trained (a train event after that) or
+    not."""
+    metrics = rig.log / "metrics.jsonl"
+    since = metrics.stat().st_size if metrics.exists() else 0
+    if trained:
+        with open(metrics, "a") as f:
+            f.write('{"event": "train", "step": 0, "loss": 10.9}\n')
+    r = pod_py(rig, "end", "--log-dir", str(rig.log), "--exit-code", str(code), "--since", str(since), *args, **env)
     assert r.returncode == 0 and not r.stderr, r.stderr  # whatever happens to the pod, it is said on stdout
     return r
 
@@ -113,6 +126,153 @@ def test_log_dir_off_the_volume_refuses_a_detached_launch_and_keeps_a_foreground
     assert plan(rig, "--foreground", **ON_VOLUME).returncode == 0
     r = end(rig, 0, "--foreground", **ON_VOLUME)
     assert rig.account.status() == "RUNNING" and f"keeping pod {POD} running: stopping or removing it" in r.stdout
+
+
+# --- a launch that never made an optimizer step, and whether someone is at the terminal ---
+
+def dead_pid() -> int:
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid
+
+
+@pytest.mark.parametrize("case, args, trained, code, fate, said", [
+    ("foreground", ["--foreground"], False, 0, "RUNNING", "before its first optimizer step (exit code 0), with you"),
+    ("foreground, hangup", ["--foreground", "--signal", "HUP"], False, 1, "EXITED", "nobody is at the terminal"),
+    ("train.sh waiting", ["--attended-by", "self"], False, 1, "RUNNING", "with you at the terminal: pod"),
+    ("the wait ended", ["--attended-by", "dead"], False, 1, "EXITED", "(exit code 1) and nobody is at the terminal"),
+    ("--prep: nobody waits", [], False, 0, "EXITED", "(exit code 0) and nobody is at the terminal"),
+    ("trained, train.sh waiting", ["--attended-by", "self"], True, 1, "EXITED", "training exited with code 1"),
+    ("Ctrl-C while waiting", ["--attended-by", "self", "--signal", "INT"], False, 1, "RUNNING", "Ctrl-C"),
+    ("Ctrl-C after the step", ["--attended-by", "self", "--signal", "INT"], True, 1, "RUNNING", "Ctrl-C"),
+])
+def test_a_launch_that_never_stepped_leaves_the_pod_only_while_someone_is_at_the_terminal(rig, case, args, trained,
+                                                                                          code, fate, said):
+    args = [{"self": str(os.getpid()), "dead": str(dead_pid())}.get(a, a) for a in args]
+    (rig.log / "metrics.jsonl").write_text('{"event": "train", "step": 0}\n')  # an earlier launch's step
+    r = end(rig, code, *args, trained=trained, **ON_POD)
+    assert rig.account.status() == fate and said in r.stdout, r.stdout
+    assert (rig.account.calls() == []) == (fate == "RUNNING")
+
+
+def test_trained_since_reads_only_train_events_after_the_launch_offset(tmp_path):
+    import pod
+    metrics = tmp_path / "metrics.jsonl"
+    assert not pod.trained_since(str(tmp_path), 0)  # no file yet
+    metrics.write_text('{"event": "config", "step": 0}\n{"event": "train", "step": 0}\n')
+    since = metrics.stat().st_size
+    assert pod.trained_since(str(tmp_path), 0) and not pod.trained_since(str(tmp_path), since)
+    with open(metrics, "a") as f:
+        f.write('{"event": "val", "step": 14, "loss": 5.1}\n{"event": "tra')  # the trainer is writing a line
+    assert not pod.trained_since(str(tmp_path), since)
+    with open(metrics, "a") as f:
+        f.write('in", "step": 14}\n')
+    assert pod.trained_since(str(tmp_path), since)
+    metrics.write_text('{"event": "train", "step": 0}\n')  # replaced by a shorter file: read whole
+    assert pod.trained_since(str(tmp_path), since)
+
+
+def test_alive_takes_a_zombie_for_ended(tmp_path):
+    import pod
+    child = subprocess.Popen(["true"])
+    os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)  # ended, not yet waited for: a zombie
+    try:
+        assert not pod.alive(child.pid)
+    finally:
+        child.wait()
+    assert pod.alive(os.getpid()) and not pod.alive(child.pid)
+
+
+TORCHRUN_FAILED = """W1204 21:25:19.811000 19062 torch/distributed/run.py:874] *****************************************
+train_gpt2.py: --total-batch-size 512 is not a multiple of 1024; change one
+train_gpt2.py: --total-batch-size 512 is not a multiple of 1024; change one
+E1204 21:25:22.119000 19062 torch/distributed/elastic/multiprocessing/api.py:1002] failed (exitcode: 1) local_rank: 0
+Traceback (most recent call last):
+  File "/venv/bin/torchrun", line 8, in <module>
+    sys.exit(main())
+             ^^^^^^
+torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+============================================================
+/kit/train_gpt2.py FAILED
+------------------------------------------------------------
+Root Cause (first observed failure):
+[0]:
+  exitcode  : 1 (pid: 19068)
+============================================================
+train.sh: 2026-12-04 21:25:22 training ended with exit code 1
+"""
+TRAINER_BUG = """Traceback (most recent call last):
+  File "/kit/train_gpt2.py", line 9, in <module>
+    main()
+ValueError: a bug of the trainer's
+"""
+
+
+def test_the_wait_shows_the_trainers_lines_less_torchruns_records_traceback_and_report(tmp_path):
+    import pod
+    log = tmp_path / "train-1.log"
+    log.write_text("pod.py: the plan, shown before the wait\n")
+    tail = pod.LogTail(str(log), log.stat().st_size)
+    text = TRAINER_BUG + TORCHRUN_FAILED
+    cut = text.index("^^^^^^") + 3  # the log as the wait finds it: mid-line, in torchrun's traceback
+    log.write_text(log.read_text() + text[:cut])
+    shown = tail.lines()
+    log.write_text(log.read_text() + text[cut:] + "pod.py: the pod's fate")
+    shown += tail.lines()
+    assert shown == TRAINER_BUG.splitlines() + [
+        "train_gpt2.py: --total-batch-size 512 is not a multiple of 1024; change one",
+        "train.sh: 2026-12-04 21:25:22 training ended with exit code 1"]
+    assert tail.lines(final=True) == []  # a line without its newline is not shown: the writer is not done with it
+
+
+def wait_for_first_step(rig: SimpleNamespace, child: str, **env: str) -> tuple[subprocess.CompletedProcess, Path]:
+    """pod.py wait as train.sh runs it: bash starts CHILD (a bash script, in its own session, its output appended to
+    the log) and becomes pod.py wait for it, with metrics.jsonl's size at launch. Returns wait's result and the log.
+    CHILD begins once its parent is pod.py: one that ended sooner would be waited for by bash (train.sh's child takes
+    seconds to start training)."""
+    log, metrics = rig.log / "train-1.log", rig.log / "metrics.jsonl"
+    log.write_text("pod.py: the plan, shown before the wait\n")
+    metrics.write_text('{"event": "train", "step": 0}\n')  # an earlier launch's step
+    child = f"until grep -q pod.py /proc/$PPID/cmdline; do sleep 0.01; done; {child}"
+    script = (f'setsid bash -c "$CHILD" >>"$LOG" 2>&1 </dev/null & exec "{sys.executable}" "{ROOT / "pod.py"}" wait '
+              f'--log-dir "{rig.log}" --since {metrics.stat().st_size} --pid $! --log "$LOG" '
+              f'--log-offset {log.stat().st_size}')
+    env = pod_env(rig, CHILD=child, LOG=str(log), METRICS=str(metrics), **env)
+    return subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60), log
+
+
+def test_the_wait_returns_at_the_first_step_leaving_training_running(rig):
+    go = rig.root / "go"
+    r, log = wait_for_first_step(rig, 'echo "step 0 | loss 10.9"; echo \'{"event": "train", "step": 0}\' >>"$METRICS"'
+                                      f'; while [[ ! -e {go} ]]; do sleep 0.05; done', **ON_POD)
+    try:
+        assert r.returncode == 0, r.stderr
+        lines = r.stdout.splitlines()
+        assert lines[0].startswith("train.sh: waiting for training's first step") and f"tail -f {log}" in lines[0]
+        assert lines[1] == "step 0 | loss 10.9" and "the plan" not in r.stdout
+        pid = int(lines[2].split("stop it with: kill -- -")[1].split(")")[0])
+        assert lines[2].startswith(f"train.sh: training runs in the background (pid {pid},")
+        assert lines[3] == f"train.sh: follow it with: tail -f {log}"
+        assert os.getpgid(pid) == pid  # the printed kill reaches its group, still running
+    finally:
+        go.touch()
+
+
+@pytest.mark.parametrize("said", ["a refusal", "no line of the trainer's"])
+def test_a_launch_that_ends_before_its_first_step_says_why_and_exits_non_zero(rig, said):
+    if said == "a refusal":
+        child = ('echo "train_gpt2.py: notice: no HellaSwag"; for rank in 0 1; do echo "train_gpt2.py: --batch-size 9 '
+                 'is odd"; done; exit 1')
+    else:
+        child = "for i in $(seq 20); do echo line $i; done; exit 0"  # exit 0: already trained, say
+    r, log = wait_for_first_step(rig, child, **ON_POD)
+    assert r.returncode == 1
+    why = ["train_gpt2.py: --batch-size 9 is odd"] if said == "a refusal" else [f"line {i}" for i in range(9, 21)]
+    verdict = (f"train.sh: training ended before its first optimizer step (exit code {1 if said == 'a refusal' else 0})"
+               f": nothing trained; pod {POD} is left as it was - the log: {log}")
+    assert r.stderr.splitlines() == why + [verdict]
+    assert r.stdout.count("--batch-size 9 is odd") == (said == "a refusal")  # shown once as it came, every rank's
+    assert rig.account.calls() == []
 
 
 # --- runpodctl v2 and v1, and answers that are not what they seem ---
@@ -281,8 +441,9 @@ def test_help_says_what_happens_to_the_pod_in_each_outcome(rig):
     text = r.stdout[r.stdout.index("What happens to the pod"):]
     for outcome, fate in [("network volume", "the pod is removed"), ("volume disk", "the pod is stopped"),
                           ("outside /workspace", "a detached launch is refused"),
-                          ("Ctrl-C", "left running"), ("--keep-pod", "left running"),
-                          ("removing fails", "stopped instead"), ("stopping fails", "left running")]:
+                          ("Ctrl-C", "left running"), ("  --keep-pod ", "left running"),
+                          ("removing fails", "stopped instead"), ("stopping fails", "left running"),
+                          ("someone at the terminal", "left as it was"), ("nobody (--prep", "as when training failed")]:
         line = next(line for line in text.splitlines() if outcome in line)
         assert fate in text[text.index(line):text.index(line) + 400], outcome
     assert "v2 (`runpodctl pod get|stop|delete ID`)" in text and "v1 (`runpodctl get|stop|remove pod ID`)" in text

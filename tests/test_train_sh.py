@@ -1,10 +1,10 @@
 """train.sh: arguments, checks, the preflight, detaching, stop signals, and pod.py called at launch and at the end.
 
 Stand-in `nvidia-smi` and `torchrun` executables in a temporary bin dir record their arguments; a stand-in trainer
-(TRAIN_CMD) succeeds or fails at once. `runpodctl` is tests/stand_ins/runpodctl (see its header); pod.py's own rules
-are tested in tests/test_pod.py, and here only as train.sh carries them out. The tests of stop signals run the real
-torchrun, with signals sent to the process group, as a terminal or `kill -- -PID` sends them.
-"""
+(TRAIN_CMD) logs a first step as train_gpt2.py does and succeeds or fails at once. `runpodctl` is
+tests/stand_ins/runpodctl (see its header); pod.py's own rules are tested in tests/test_pod.py, and here only as
+train.sh carries them out. The tests of stop signals run the real torchrun, with signals sent to the process group, as
+a terminal or `kill -- -PID` sends them."""
 
 import json
 import os
@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SH = ROOT / "train.sh"
 
 TRAINER = r"""#!/usr/bin/env bash
-# stand-in trainer: records its arguments, environment and session, prints a line, optionally waits for a file, exits;
+# stand-in trainer: records its arguments, environment and session, prints a line and logs its first step as
+# train_gpt2.py does (a train event in LOG_DIR/metrics.jsonl; not with NO_STEP=1), optionally waits for a file, exits;
 # as a preflight (--preflight among its arguments) it records them elsewhere and exits with PREFLIGHT_EXIT at once
 if [[ " $* " == *" --preflight "* ]]; then
     printf '%s\n' "$@" > "$CALLS/preflight.args"
@@ -35,7 +36,12 @@ trap 'echo "stand-in trainer: checkpoint saved after SIGTERM"; exit 143' TERM
 printf '%s\n' "$@" > "$CALLS/trainer.args"
 env | grep -E '^(RUNPOD_|TORCH_ELASTIC_SHUTDOWN_TIMEOUT=|PATH=)' > "$CALLS/trainer.env"
 ps -o sid= -p $$ | tr -d ' ' > "$CALLS/trainer.sid"
-echo "stand-in trainer: step 1 loss 10.9"
+log_dir=log
+for ((i = 1; i < $#; i++)); do [[ ${!i} == --log-dir ]] && { j=$((i + 1)); log_dir=${!j}; }; done
+if [[ -z ${NO_STEP:-} ]]; then
+    echo "stand-in trainer: step 1 loss 10.9"
+    mkdir -p "$log_dir" && echo '{"event": "train", "step": 0, "loss": 10.9}' >> "$log_dir/metrics.jsonl"
+fi
 if [[ -n ${WAIT_FOR:-} ]]; then
     for _ in $(seq 400); do [[ -e $WAIT_FOR ]] && break; sleep 0.05; done
 fi
@@ -154,9 +160,9 @@ def test_log_dir_off_the_volume_refuses_a_detached_launch_and_keeps_a_foreground
 
 def test_detached_launch_off_the_volume_starts_with_keep_pod(rig):
     rig.log = rig.root / "container-disk" / "log"
-    r = train_sh(rig, "--keep-pod", "--log-dir", str(rig.log), "--", "--data", str(rig.data), **ON_VOLUME)
-    assert r.returncode == 0, r.stderr
+    r, _ = start_detached(rig, rig.root / "go", "--keep-pod", **ON_VOLUME)
     assert "training runs in the background" in r.stdout
+    (rig.root / "go").touch()
 
 
 # --- the check and the plan at launch ---
@@ -184,7 +190,7 @@ def test_launch_prints_the_plan_and_the_check_and_logs_them(rig):
     r, log_path = start_detached(rig, rig.root / "go")
     assert f"pod {POD} is removed (the volume keeps" in r.stdout and "if removing fails, it is stopped" in r.stdout
     assert f"runpodctl (v2) reaches pod {POD}: its status is RUNNING" in r.stdout
-    plan = [line for line in r.stdout.splitlines()[:-2] if "notice:" not in line]  # less the launch lines
+    plan = [line for line in r.stdout.split("train.sh: waiting for")[0].splitlines() if "notice:" not in line]
     assert log_path.read_text().startswith("\n".join(plan) + "\n")
     (rig.root / "go").touch()
 
@@ -197,9 +203,9 @@ def test_a_detached_launch_is_refused_when_runpodctl_cannot_reach_the_pod(rig):
     assert not (rig.calls / "trainer.args").exists() and not list(rig.log.glob("train-*.log"))
     assert "    " in r.stdout  # runpodctl's answer, indented, above the error
     # the way out the message names
-    r = train_sh(rig, "--no-pod-check", "--log-dir", str(rig.log), "--", "--data", str(rig.data), **env)
-    assert r.returncode == 0, r.stderr
+    r, _ = start_detached(rig, rig.root / "go", "--no-pod-check", **env)
     assert "training runs in the background" in r.stdout
+    (rig.root / "go").touch()
 
 
 # --- RunPod's variables from /etc/rp_environment ---
@@ -252,8 +258,12 @@ def save(signum, frame):
     (calls / f"worker{rank}.saved").write_text(os.environ["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"])
     sys.exit(128 + signum)
 signal.signal(signal.SIGTERM, save)
+if rank == "0":  # its first step, logged as train_gpt2.py logs it
+    log_dir = Path(sys.argv[sys.argv.index("--log-dir") + 1])
+    with open(log_dir / "metrics.jsonl", "a") as f:
+        f.write('{"event": "train", "step": 0}\n')
 (calls / f"worker{rank}.ready").touch()
-while True:
+for _ in range(6000):  # at most 5 minutes: a failed test leaves nothing running
     time.sleep(0.05)
 """
 
@@ -301,10 +311,12 @@ def test_the_shutdown_timeout_is_generous_unless_set(rig):
 # --- detaching ---
 
 @pytest.mark.parametrize("version", ["2", "1"])
-def test_detached_run_returns_at_once_and_logs_training_and_the_pod_decision(rig, version):
+def test_detached_run_returns_after_its_first_step_and_logs_training_and_the_pod_decision(rig, version):
     go = rig.root / "go"
     r, log_path = start_detached(rig, go, RUNPODCTL_VERSION=version, **ON_VOLUME)
     assert not go.exists() and "stand-in trainer: done" not in log_path.read_text()  # returned while training runs
+    assert r.stdout.index("waiting for training's first step") < r.stdout.index("stand-in trainer: step 1") < \
+        r.stdout.index("training runs in the background")
     assert int((rig.calls / "trainer.sid").read_text()) != os.getsid(0)  # its own session: logging out won't end it
     check = [f"pod get {POD}"] if version == "2" else [f"pod get {POD}", f"get pod {POD}"]
     assert runpodctl_calls(rig) == check  # the launch check
@@ -342,7 +354,7 @@ def test_the_preflight_runs_attached_with_the_runs_options_before_training_is_de
 
 def test_a_failed_preflight_starts_nothing_and_says_so_in_one_line(rig):
     r = train_sh(rig, "--log-dir", str(rig.log), "--", "--data", str(rig.data), PREFLIGHT_EXIT="1", **ON_VOLUME)
-    assert "the preflight failed (exit code 1)" in one_line_error(r) and "--no-preflight" in r.stderr
+    assert "the preflight failed (exit code 1)" in one_line_error(r) and "--no-preflight" not in r.stderr
     assert "stand-in preflight: screen" in r.stdout
     assert not (rig.calls / "trainer.args").exists() and runpodctl_calls(rig) == [f"pod get {POD}"]
 
@@ -686,3 +698,142 @@ def test_a_detached_run_stopped_by_int_or_hup_logs_the_signal(rig, sig):
     wait_until(lambda: pod_status(rig) == "EXITED", log_path)
     log = log_path.read_text()
     assert f"after {sig.name}" in log and f"training was stopped with {sig.name}" in log
+
+
+# --- the pod is touched only by a launch that trained: train.sh waits for the first step (the real torchrun) ---
+
+def tiny(shards: Path) -> list[str]:
+    """train_gpt2.py options of a tiny run (two layers of 32) on shards."""
+    return ["--data", str(shards), "--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--seq-len", "32",
+            "--batch-size", "4", "--total-batch-size", "128", "--eval-every", "0", "--hellaswag-every", "0",
+            "--sample-every", "0"]
+
+
+def launch(rig: SimpleNamespace, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """A detached ./train.sh --no-preflight under the real torchrun; ARGS: train.sh's options, then after -- (if any)
+    train_gpt2.py's."""
+    return subprocess.run([str(TRAIN_SH), "--no-preflight", "--log-dir", str(rig.log), *args], cwd=rig.root,
+                          env=rig_env(rig, trainer=False, **env), capture_output=True, text=True, timeout=300)
+
+
+def test_a_launch_of_a_run_already_trained_says_so_exits_non_zero_and_leaves_the_pod(rig, tiny_shards):
+    finished = subprocess.run([sys.executable, str(ROOT / "train_gpt2.py"), *tiny(tiny_shards), "--max-steps", "2",
+                               "--log-dir", str(rig.log)], capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    r = launch(rig, "--nproc", "1", "--", *tiny(tiny_shards), "--max-steps", "2", **ON_VOLUME)
+    assert r.returncode == 1, r.stdout + r.stderr
+    said, verdict = r.stderr.splitlines()
+    assert said.startswith("train_gpt2.py: ") and "already trained step 2 of 2" in said
+    assert verdict.startswith("train.sh: training ended before its first optimizer step (exit code 0): nothing "
+                              f"trained; pod {POD} is left as it was")
+    assert runpodctl_calls(rig) == [f"pod get {POD}"] and pod_status(rig) == "RUNNING"  # the launch check only
+    assert "before its first optimizer step (exit code 0), with you at the terminal" in train_log(rig.log)
+
+
+def test_a_launch_whose_options_the_trainer_refuses_shows_its_line_once_and_leaves_the_pod(rig, demo_shards):
+    r = launch(rig, "--nproc", "2", "--", "--preset", "demo", "--data", str(demo_shards), **ON_VOLUME)
+    assert r.returncode == 1, r.stdout + r.stderr
+    said, verdict = r.stderr.splitlines()
+    assert said.startswith("train_gpt2.py: --total-batch-size 512 is not a multiple of")
+    assert r.stdout.count(said) == 1  # as it came (both ranks say it), without torchrun's report
+    assert "ChildFailedError" not in r.stdout + r.stderr and "ChildFailedError" in train_log(rig.log)
+    assert "(exit code 1): nothing trained" in verdict
+    assert runpodctl_calls(rig) == [f"pod get {POD}"] and pod_status(rig) == "RUNNING"
+
+
+def test_a_detached_launch_returns_after_the_first_step_and_training_goes_on_until_its_printed_kill(rig, demo_shards):
+    r = launch(rig, "--nproc", "1", "--", "--preset", "demo", "--data", str(demo_shards), "--n-layer", "2",
+               "--eval-every", "0", "--sample-every", "0", **ON_POD)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout
+    assert out.index("train.sh: waiting for training's first step") < out.index("step     0/519 | loss") < \
+        out.index("train.sh: training runs in the background")
+    pid = int(out.split("stop it with: kill -- -")[1].split(")")[0])
+    os.killpg(pid, 0)  # going on: 518 steps to go
+    assert runpodctl_calls(rig) == [f"pod get {POD}"]
+    log_path = Path(out.split("tail -f ")[1].split()[0])
+    subprocess.run(["kill", "--", f"-{pid}"], check=True)  # as printed: its end, with the pod policy of today
+    wait_until(lambda: f"done: pod {POD} is stopped" in log_path.read_text(), log_path, 120)
+    log = log_path.read_text()
+    assert "training was stopped with SIGTERM" in log and list(rig.log.glob("model_*.pt"))
+
+
+SLOW_START = r"""
+import os, signal, sys, time
+from pathlib import Path
+calls = Path(os.environ["CALLS"])
+def stop(signum, frame):
+    (calls / "worker.stopped").write_text(signal.Signals(signum).name)
+    sys.exit(128 + signum)
+signal.signal(signal.SIGINT, stop)
+(calls / "worker.ready").touch()
+for _ in range(6000):  # compiling, evaluating at step 0: no optimizer step yet (at most 5 minutes)
+    time.sleep(0.05)
+"""
+
+
+def test_ctrl_c_while_train_sh_waits_for_the_first_step_stops_the_launch_and_leaves_the_pod(rig):
+    worker, out = rig.root / "worker.py", rig.root / "out"
+    worker.write_text(SLOW_START)
+    torchrun = Path(sys.executable).parent / "torchrun"
+    env = rig_env(rig, trainer=False, TRAIN_CMD=f"{torchrun} --standalone --nproc_per_node=1 {worker}", **ON_VOLUME)
+    with open(out, "w") as f:  # in its own process group, as a terminal runs it
+        proc = subprocess.Popen([str(TRAIN_SH), "--no-preflight", "--log-dir", str(rig.log), "--", "--data",
+                                 str(rig.data)], cwd=rig.root, env=env, start_new_session=True, stdout=f,
+                                stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: (rig.calls / "worker.ready").exists() and "waiting for training's first" in out.read_text(),
+                   out, 120)
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=120) == 130, out.read_text()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    text = out.read_text()
+    assert "train.sh: Ctrl-C: stopping training" in text
+    assert f"stopped by Ctrl-C before its first step: nothing trained; pod {POD} is left as it was" in text
+    assert (rig.calls / "worker.stopped").read_text() == "SIGINT"  # passed on to the worker by torchrun
+    log = train_log(rig.log)
+    assert "exit code 1 after SIGINT" in log and "interrupted with Ctrl-C" in log
+    assert runpodctl_calls(rig) == [f"pod get {POD}"] and pod_status(rig) == "RUNNING"
+
+
+def test_with_prep_nobody_waits_and_a_launch_that_never_stepped_ends_the_pod(rig, demo_shards):
+    r = launch(rig, "--prep", "--nproc", "2", "--", "--preset", "demo", "--data", str(demo_shards), **ON_POD)
+    assert r.returncode == 0, r.stderr
+    assert "training runs in the background" in r.stdout and "waiting for" not in r.stdout
+    log_path = Path(r.stdout.split("tail -f ")[1].split()[0])
+    wait_until(lambda: f"done: pod {POD} is stopped" in log_path.read_text(), log_path, 120)
+    log = log_path.read_text()
+    assert "is not a multiple of" in log
+    assert "before its first optimizer step (exit code 1) and nobody is at the terminal" in log
+    assert runpodctl_calls(rig) == [f"pod get {POD}", f"pod stop {POD}", f"pod get {POD}"]
+
+
+def test_a_hangup_ends_the_wait_training_goes_on_and_ending_before_its_first_step_then_ends_the_pod(rig):
+    go, out = rig.root / "go", rig.root / "out"
+    env = rig_env(rig, WAIT_FOR=str(go), NO_STEP="1", **ON_POD)  # a trainer that never steps
+    with open(out, "w") as f:
+        proc = subprocess.Popen([str(TRAIN_SH), "--no-preflight", "--log-dir", str(rig.log), "--", "--data",
+                                 str(rig.data)], cwd=rig.root, env=env, start_new_session=True, stdout=f,
+                                stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: (rig.calls / "trainer.sid").exists() and "waiting for training's first" in out.read_text(),
+                   out)
+        os.killpg(proc.pid, signal.SIGHUP)  # the SSH connection dropped
+        assert proc.wait(timeout=60) == -signal.SIGHUP
+        log_path = next(rig.log.glob("train-*.log"))
+        assert "training ended" not in log_path.read_text()  # it goes on
+    finally:
+        go.touch()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    wait_until(lambda: f"done: pod {POD} is stopped" in log_path.read_text(), log_path)
+    assert "before its first optimizer step (exit code 0) and nobody is at the terminal" in log_path.read_text()
+
+
+def test_a_foreground_run_that_never_stepped_leaves_the_pod(rig):
+    r = foreground(rig, "--no-preflight", NO_STEP="1", TRAINER_EXIT="1", **ON_VOLUME)
+    assert r.returncode == 1
+    assert "before its first optimizer step (exit code 1), with you at the terminal" in r.stdout
+    assert runpodctl_calls(rig) == [f"pod get {POD}"] and pod_status(rig) == "RUNNING"
