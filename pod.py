@@ -75,6 +75,7 @@ import fcntl
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -440,7 +441,8 @@ def wait(args: argparse.Namespace) -> int:
     ctrl_c = []
     signal.signal(signal.SIGINT, lambda signum, frame: ctrl_c.append(signum))
     tail, pod, stopping = LogTail(args.log, args.log_offset), find_pod(args), 0
-    say(f"train.sh: waiting for training's first step (compile, evals at step 0) - the log: tail -f {args.log}")
+    say(f"train.sh: waiting for training's first step (compile, evals at step 0) - the log: tail -f "
+        f"{shlex.quote(args.log)}")
     while True:
         # in this order, so that the lines shown include all that came before the step's event or the run's end
         code = reaped(args.pid)
@@ -465,7 +467,7 @@ def wait(args: argparse.Namespace) -> int:
     if trained and code is None:
         say(f"train.sh: training runs in the background (pid {args.pid}, stop it with: kill -- -{args.pid}), "
             f"logging to {args.log}")
-        say(f"train.sh: follow it with: tail -f {args.log}")
+        say(f"train.sh: follow it with: tail -f {shlex.quote(args.log)}")
         return 0
     if trained:
         say(f"train.sh: training made its first step and has ended already (exit code {code}) - the log: {args.log}")
@@ -513,7 +515,7 @@ def plan(args: argparse.Namespace) -> None:
         logs = sorted(Path(args.log_dir).glob("train-*.log"), key=lambda p: p.stat().st_mtime)
         follow = logs[-1] if logs else f"{args.log_dir}/train-*.log"
         raise PodError(f"a training run is already going in {args.log_dir} ({holder}) - follow it with: tail -f "
-                       f"{follow}; or start this one with another --log-dir")
+                       f"{shlex.quote(str(follow))}; or start this one with another --log-dir")
     lines = []
 
     def note(line: str) -> None:

@@ -106,6 +106,7 @@ logged() {
     "$@" 2>&1 | (trap '' INT HUP TERM; exec tee -a "$logfile")
     return "${PIPESTATUS[0]}"
 }
+quoted() { local s; printf -v s '%q ' "$@"; printf '%s' "${s% }"; }  # a command to copy, quoted for the shell
 say() { logged printf '%s\n' "train.sh: $*" || true; }
 
 # --- training, then pod.py end: it decides what happens to the pod from how training ended ---
@@ -115,8 +116,8 @@ run_and_end() {
     note_signals  # training gets them too and saves; pod.py is told which came (torchrun exits 1 on Ctrl-C)
     export PYTHONUNBUFFERED=1
     say "$(date '+%Y-%m-%d %H:%M:%S') on ${HOSTNAME:-this machine}, log dir $log_dir"
-    if need_prep; then say "running ${prep_cmd[*]}"; logged "${prep_cmd[@]}" || rc=$?; fi
-    if ((rc == 0)) && [[ -z $stop_signal ]]; then say "running ${cmd[*]}"; logged "${cmd[@]}" || rc=$?; fi
+    if need_prep; then say "running $(quoted "${prep_cmd[@]}")"; logged "${prep_cmd[@]}" || rc=$?; fi
+    if ((rc == 0)) && [[ -z $stop_signal ]]; then say "running $(quoted "${cmd[@]}")"; logged "${cmd[@]}" || rc=$?; fi
     say "$(date '+%Y-%m-%d %H:%M:%S') training ended with exit code $rc${stop_signal:+ after SIG$stop_signal}"
     logged "$PYTHON" "$HERE/pod.py" end --log-dir "$log_dir" --exit-code "$rc" ${stop_signal:+--signal "$stop_signal"} \
         --since "$since" ${waiter:+--attended-by "$waiter"} "${pod_opts[@]}" || true
@@ -125,9 +126,9 @@ run_and_end() {
 if ((detached)); then run_and_end && exit 0 || exit $?; fi
 
 if ! have_shards; then
-    ((prep)) || die "no training shards in $data_dir/ - run python fineweb.py ${prep_cmd[*]:2} first (or" \
+    ((prep)) || die "no training shards in $data_dir/ - run python fineweb.py $(quoted "${prep_cmd[@]:2}") first (or" \
         "./train.sh --prep to run it here)"
-    echo "train.sh: no training shards in $data_dir/ - ${prep_cmd[*]} runs first"
+    echo "train.sh: no training shards in $data_dir/ - $(quoted "${prep_cmd[@]}") runs first"
 fi
 [[ -z $hella_file || -f $hella_file ]] || echo "train.sh: notice: no HellaSwag data at $hella_file - train_gpt2.py" \
     "downloads it, or trains without HellaSwag evals if it cannot"
@@ -146,7 +147,7 @@ if ((preflight)) && ! have_shards; then
     echo "train.sh: no preflight: the shards are made first (--prep); train_gpt2.py checks them when it starts"
 elif ((preflight)); then
     err=$(mktemp) rc=0 stop_signal=""
-    say "preflight: ${cmd[*]} --preflight"
+    say "preflight: $(quoted "${cmd[@]}") --preflight"
     note_signals  # Ctrl-C stops it, and nothing starts
     logged run_preflight || rc=$?
     trap - INT TERM HUP
@@ -171,4 +172,4 @@ setsid env --default-signal=INT,QUIT,HUP "$SCRIPT" --detached-child "$paths" "$s
 [[ -z $waiter ]] || exec "$PYTHON" "$HERE/pod.py" wait --log-dir "$log_dir" --since "$since" --pid $! --log "$logfile" \
     --log-offset "$shown" "${pod_opts[@]}"
 echo "train.sh: training runs in the background (pid $!, stop it with: kill -- -$!), logging to $logfile"
-echo "train.sh: follow it with: tail -f $logfile"
+echo "train.sh: follow it with: tail -f $(quoted "$logfile")"

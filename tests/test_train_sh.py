@@ -8,6 +8,7 @@ a terminal or `kill -- -PID` sends them."""
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -440,6 +441,20 @@ def test_log_dir_after_the_separator_is_used_once(rig):
                                  "--lr", "1e-3"]
     assert list(rig.log.glob("train-*.log"))  # train.sh's log is in it too
     assert "stand-in trainer: done" in train_log(rig.log)
+
+
+def test_a_log_dir_with_a_space_is_quoted_in_every_command_train_sh_prints(rig):
+    log_dir = rig.volume / "my log"
+    r = train_sh(rig, "--log-dir", str(log_dir), "--", "--data", str(rig.data), **ON_VOLUME)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines() + train_log(log_dir).splitlines()
+    preflight = next(line for line in lines if line.startswith("train.sh: preflight: "))
+    running = next(line for line in lines if line.startswith("train.sh: running "))
+    follow = next(line for line in lines if line.startswith("train.sh: follow it with: tail -f "))
+    for line, prefix in [(preflight, "train.sh: preflight: "), (running, "train.sh: running "),
+                         (follow, "train.sh: follow it with: tail -f ")]:
+        words = shlex.split(line.removeprefix(prefix))
+        assert str(log_dir) in words or any(w.startswith(f"{log_dir}/train-") for w in words), line
 
 
 # --- checks before starting ---
