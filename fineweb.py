@@ -14,6 +14,10 @@ the local files' names and sizes) and records each shard's size and where it sta
 dataset's own streaming state, so a rerun reads on from the row group it reached instead of streaming everything
 again, and rebuilds any finished shard that went missing or was damaged. Before starting, the output disk is
 checked for room (about 21 GB for sample-10BT, 210 GB for sample-100BT, 2 bytes per --max-tokens token).
+When streaming from the Hub is slow, fetch the parquet files first and tokenize them as local files:
+    HF_XET_HIGH_PERFORMANCE=1 hf download HuggingFaceFW/fineweb-edu --repo-type dataset \
+        --include "sample/100BT/*" --local-dir fineweb-edu
+    python fineweb.py --dataset fineweb-edu/sample/100BT --out edu_fineweb100B
 
 --pretokenized downloads llm.c's FineWeb-Edu 10B shards (kjj0/finewebedu10B-gpt2: finewebedu_val_000000.bin and
 finewebedu_train_000001..000099.bin, tokenized as above) with huggingface_hub into the same folder. Each file comes
