@@ -537,6 +537,8 @@ def plan(args: argparse.Namespace) -> None:
         note(f"pod.py: log dir {pod.log_dir} is {pod.where}. When training ends:")
         note(f"pod.py:   finished, failed or stopped with kill: pod {pod.id} is {DONE[action]} ({why})"
              f"{fallback.get(action, '')}")
+        note(f"pod.py:   before its first step: pod {pod.id} is left as it was while you are at the terminal, "
+             "as when training failed once you are not")
         if args.foreground:
             note(f"pod.py:   Ctrl-C: pod {pod.id} is left running")
         why_not = "" if not args.pod_check else reach(ctl)

@@ -360,6 +360,7 @@ def test_the_plan_says_what_happens_and_that_runpodctl_reaches_the_pod_and_logs_
     assert r.returncode == 0, r.stderr
     assert f"pod {POD} is removed (the volume keeps" in r.stdout and "if removing fails, it is stopped" in r.stdout
     assert f"runpodctl (v2) reaches pod {POD}: its status is RUNNING" in r.stdout
+    assert f"before its first step: pod {POD} is left as it was while you are at the terminal" in r.stdout
     assert log.read_text() == r.stdout and rig.account.calls() == [f"pod get {POD}"]
     r = plan(rig, "--log", str(log), RUNPODCTL_VERSION="1", **ON_POD)
     assert f"runpodctl (v1) reaches pod {POD}" in r.stdout and "if stopping fails, it is left running" in r.stdout
