@@ -1,5 +1,6 @@
 """Shared fixtures: small data and models made here, never downloaded."""
 
+import signal
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -102,3 +103,11 @@ def step_run(tmp_path):
         return train_gpt2.Run(args, 0, 1, "cpu", autocast, data, data, 0, accum, total_steps=1000, last_step=1000,
                               raw=model, compiled=model, model=model, optimizer=optimizer, log=log)
     return make
+
+
+def as_at_a_terminal() -> None:
+    """For Popen(preexec_fn=...): a job started at a terminal has SIGINT and SIGHUP at their defaults, whatever the
+    test runner was started with (under nohup SIGHUP is ignored, and an ignored signal stays ignored in bash)."""
+    for sig in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+

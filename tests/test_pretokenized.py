@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import as_at_a_terminal
 
 import fineweb
 
@@ -362,7 +363,8 @@ def test_ctrl_c_midway_keeps_finished_shards_and_the_rerun_never_fetches_them_ag
     hub.hold = T2
     cmd = [sys.executable, str(ROOT / "fineweb.py"), "--pretokenized", "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                            env=env_for(hub.endpoint, tmp_path / "hf_home"), start_new_session=True)
+                            env=env_for(hub.endpoint, tmp_path / "hf_home"), start_new_session=True,
+                            preexec_fn=as_at_a_terminal)
     try:
         assert hub.reached.wait(120), "the download never reached the third shard"
         os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the terminal's whole process group

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import as_at_a_terminal
 from test_hellaswag import make_examples, write_jsonl
 
 import checkpoints
@@ -137,7 +138,7 @@ def test_ctrl_c_stops_the_preflight_with_a_non_zero_exit_and_one_line(tmp_path, 
     cmd = [sys.executable, SCRIPT, *TRAIN, "--data", str(tiny_shards), "--log-dir", str(tmp_path), "--preflight",
            "--preflight-steps", "100000"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=as_at_a_terminal)
     try:
         assert "config" in proc.stdout.readline()  # started: the config line comes just before the steps
         time.sleep(0.5)

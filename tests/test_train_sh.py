@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import KEY, ON_POD, ON_VOLUME, POD
+from conftest import KEY, ON_POD, ON_VOLUME, POD, as_at_a_terminal
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SH = ROOT / "train.sh"
@@ -234,6 +234,7 @@ def test_ctrl_c_in_a_foreground_run_under_torchrun_leaves_the_pod_running(rig, d
            "demo",
            "--data", str(demo_shards), "--hellaswag-every", "0", "--sample-every", "0", "--eval-every", "0"]
     proc = subprocess.Popen(cmd, cwd=rig.root, env=rig_env(rig, trainer=False, **ON_VOLUME), start_new_session=True,
+                            preexec_fn=as_at_a_terminal,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         wait_until(lambda: list(rig.log.glob("train-*.log")) and " | loss " in train_log(rig.log), rig.log, 120)
@@ -644,6 +645,7 @@ def start_foreground_demo(rig: SimpleNamespace, demo_shards: Path, *args: str, t
     cmd = [str(TRAIN_SH), "--foreground", "--nproc", "1", "--log-dir", str(rig.log), *args, "--", "--preset", "demo",
            "--data", str(demo_shards), "--hellaswag-every", "0", "--sample-every", "0", "--eval-every", "0", *train]
     return subprocess.Popen(cmd, cwd=rig.root, env=rig_env(rig, trainer=False, **env), start_new_session=True,
+                            preexec_fn=as_at_a_terminal,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -794,7 +796,8 @@ def test_ctrl_c_while_train_sh_waits_for_the_first_step_stops_the_launch_and_lea
     env = rig_env(rig, trainer=False, TRAIN_CMD=f"{torchrun} --standalone --nproc_per_node=1 {worker}", **ON_VOLUME)
     with open(out, "w") as f:  # in its own process group, as a terminal runs it
         proc = subprocess.Popen([str(TRAIN_SH), "--no-preflight", "--log-dir", str(rig.log), "--", "--data",
-                                 str(rig.data)], cwd=rig.root, env=env, start_new_session=True, stdout=f,
+                                 str(rig.data)], cwd=rig.root, env=env, start_new_session=True,
+                                preexec_fn=as_at_a_terminal, stdout=f,
                                 stderr=subprocess.STDOUT)
     try:
         wait_until(lambda: (rig.calls / "worker.ready").exists() and "waiting for training's first" in out.read_text(),
@@ -830,7 +833,8 @@ def test_a_hangup_ends_the_wait_training_goes_on_and_ending_before_its_first_ste
     env = rig_env(rig, WAIT_FOR=str(go), NO_STEP="1", **ON_POD)  # a trainer that never steps
     with open(out, "w") as f:
         proc = subprocess.Popen([str(TRAIN_SH), "--no-preflight", "--log-dir", str(rig.log), "--", "--data",
-                                 str(rig.data)], cwd=rig.root, env=env, start_new_session=True, stdout=f,
+                                 str(rig.data)], cwd=rig.root, env=env, start_new_session=True,
+                                preexec_fn=as_at_a_terminal, stdout=f,
                                 stderr=subprocess.STDOUT)
     try:
         wait_until(lambda: (rig.calls / "trainer.sid").exists() and "waiting for training's first" in out.read_text(),
