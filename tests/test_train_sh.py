@@ -8,6 +8,7 @@ a terminal or `kill -- -PID` sends them."""
 
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -763,10 +764,12 @@ def test_a_detached_launch_returns_after_the_first_step_and_training_goes_on_unt
                "--eval-every", "0", "--sample-every", "0", **ON_POD)
     assert r.returncode == 0, r.stdout + r.stderr
     out = r.stdout
-    assert out.index("train.sh: waiting for training's first step") < out.index("step     0/519 | loss") < \
+    first_step = re.search(r"step +0/\d+ \| loss", out)  # the demo's steps: 519 on Python 3.11, 501 on 3.10
+    assert first_step, out
+    assert out.index("train.sh: waiting for training's first step") < first_step.start() < \
         out.index("train.sh: training runs in the background")
     pid = int(out.split("stop it with: kill -- -")[1].split(")")[0])
-    os.killpg(pid, 0)  # going on: 518 steps to go
+    os.killpg(pid, 0)  # going on: 500 steps and more to go
     assert runpodctl_calls(rig) == [f"pod get {POD}"]
     log_path = Path(out.split("tail -f ")[1].split()[0])
     subprocess.run(["kill", "--", f"-{pid}"], check=True)  # as printed: its end, with the pod policy of today
