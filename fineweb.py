@@ -483,12 +483,19 @@ def tokenized_batches(docs: Iterable[str], workers: int, batch_docs: int) -> Ite
     ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
     with ctx.Pool(workers, initializer=_init_worker) as pool:
         pending: collections.deque = collections.deque()
-        for batch in batches:
-            pending.append(pool.apply_async(tokenize_batch, (batch,)))
-            if len(pending) > 2 * workers:  # keep every worker busy, with bounded memory
+        try:
+            for batch in batches:
+                pending.append(pool.apply_async(tokenize_batch, (batch,)))
+                if len(pending) > 2 * workers:  # keep every worker busy, with bounded memory
+                    yield pending.popleft().get()
+            while pending:
                 yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
+        finally:
+            # Leaving the with block terminates the pool, which can hang for good while batches are still on their way
+            # to the workers (a task handler blocked on a full pipe). After Ctrl-C, an error or an early stop, the few
+            # batches sent are finished first (a second or so), so that it terminates an idle pool.
+            for result in pending:
+                result.wait(timeout=60)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
