@@ -792,16 +792,20 @@ for _ in range(6000):  # compiling, evaluating at step 0: no optimizer step yet 
 """
 
 
+def start_at_a_terminal(rig: SimpleNamespace, env: dict[str, str], out: Path) -> subprocess.Popen:
+    """A detached ./train.sh --no-preflight in its own process group, as a terminal runs it; its screen goes to out."""
+    with open(out, "w") as f:
+        return subprocess.Popen([str(TRAIN_SH), "--no-preflight", "--log-dir", str(rig.log), "--", "--data",
+                                 str(rig.data)], cwd=rig.root, env=env, start_new_session=True,
+                                preexec_fn=as_at_a_terminal, stdout=f, stderr=subprocess.STDOUT)
+
+
 def test_ctrl_c_while_train_sh_waits_for_the_first_step_stops_the_launch_and_leaves_the_pod(rig):
     worker, out = rig.root / "worker.py", rig.root / "out"
     worker.write_text(SLOW_START)
     torchrun = Path(sys.executable).parent / "torchrun"
     env = rig_env(rig, trainer=False, TRAIN_CMD=f"{torchrun} --standalone --nproc_per_node=1 {worker}", **ON_VOLUME)
-    with open(out, "w") as f:  # in its own process group, as a terminal runs it
-        proc = subprocess.Popen([str(TRAIN_SH), "--no-preflight", "--log-dir", str(rig.log), "--", "--data",
-                                 str(rig.data)], cwd=rig.root, env=env, start_new_session=True,
-                                preexec_fn=as_at_a_terminal, stdout=f,
-                                stderr=subprocess.STDOUT)
+    proc = start_at_a_terminal(rig, env, out)
     try:
         wait_until(lambda: (rig.calls / "worker.ready").exists() and "waiting for training's first" in out.read_text(),
                    out, 120)
@@ -834,11 +838,7 @@ def test_with_prep_nobody_waits_and_a_launch_that_never_stepped_ends_the_pod(rig
 def test_a_hangup_ends_the_wait_training_goes_on_and_ending_before_its_first_step_then_ends_the_pod(rig):
     go, out = rig.root / "go", rig.root / "out"
     env = rig_env(rig, WAIT_FOR=str(go), NO_STEP="1", **ON_POD)  # a trainer that never steps
-    with open(out, "w") as f:
-        proc = subprocess.Popen([str(TRAIN_SH), "--no-preflight", "--log-dir", str(rig.log), "--", "--data",
-                                 str(rig.data)], cwd=rig.root, env=env, start_new_session=True,
-                                preexec_fn=as_at_a_terminal, stdout=f,
-                                stderr=subprocess.STDOUT)
+    proc = start_at_a_terminal(rig, env, out)
     try:
         wait_until(lambda: (rig.calls / "trainer.sid").exists() and "waiting for training's first" in out.read_text(),
                    out)
