@@ -1,13 +1,13 @@
-"""What happens to the RunPod pod around a training run: the plan train.sh prints at launch, the wait for training's
-first step, and the end of the run.
+"""What happens to the RunPod pod around a training run: the plan train.sh prints at launch, the run itself (the
+prep, training, then the pod's end), and train.sh's wait for training's first step.
 
 train.sh calls it four times; nothing of the training code imports it:
 
     python pod.py plan --log-dir DIR [--log FILE] [--foreground] [--keep-pod] [--no-pod-check]
     python pod.py env
+    python pod.py run --log-dir DIR --log FILE --since BYTES [--prep=ARG ...] [--attended-by PID] [--foreground]
+                      [--keep-pod] -- TRAINING COMMAND
     python pod.py wait --log-dir DIR --since BYTES --pid PID --log FILE --log-offset BYTES [--keep-pod]
-    python pod.py end --log-dir DIR --exit-code N --since BYTES [--signal INT|TERM|HUP] [--attended-by PID]
-                      [--foreground] [--keep-pod]
 
 `plan` refuses a launch onto a log dir whose run is still going (that launch changes nothing, the pod included),
 says what will happen to the pod when training ends, and checks that runpodctl can reach the pod; it refuses a
@@ -17,8 +17,13 @@ becomes once training runs in the background (PID, its child; not with --prep): 
 the log (from --log-offset on, less torchrun's own records and tracebacks) until the first optimizer step, then says
 how to follow and stop training and exits 0. When training ends before that, it says why (the trainer's
 `train_gpt2.py:` line, or the log's last lines) and exits non-zero; Ctrl-C is passed on to training (SIGINT to its
-process group), waited for, and exits 130; a hangup just ends the wait, and training goes on. `end` decides, from how
-training ended, what happens to the pod, carries it out and writes every runpodctl answer to the log.
+process group), waited for, and exits 130; a hangup just ends the wait, and training goes on. `run` is the launch
+itself, in the background (its output is the log) or --foreground (its output goes to the terminal and the log): it
+runs the prep command (--prep, one argument each), then training unless the prep failed or was stopped, noting the
+first stop signal it gets (the commands get it too: training saves a checkpoint), then `end`s the pod, and exits with
+training's code. `end` (also alone: python pod.py end --exit-code N --since BYTES [--signal INT|TERM|HUP] ...)
+decides, from how training ended, what happens to the pod, carries it out and writes every runpodctl answer to the
+log.
 
 Whether a launch trained: the trainer appends one {"event": "train", ...} line to LOG_DIR/metrics.jsonl after every
 optimizer step (rank 0 only; the file is only ever appended to; the preflight writes none). A launch trained when
@@ -78,6 +83,7 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -104,8 +110,32 @@ class PodError(Exception):
     """A launch that must not go ahead; main() prints it as one line."""
 
 
+class Tee:
+    """The output of a --foreground run: the terminal and the log. After a hangup the terminal is gone; the log goes
+    on."""
+
+    def __init__(self, log: str):
+        self.log, self.terminal = open(log, "ab", buffering=0), sys.stdout.buffer
+
+    def write(self, data: bytes) -> None:
+        self.log.write(data)
+        if self.terminal:
+            try:
+                self.terminal.write(data)
+                self.terminal.flush()
+            except OSError:
+                self.terminal = None
+
+
+TEE: Tee | None = None  # set by `run --foreground`
+
+
 def say(line: str) -> None:
-    """A line for the terminal or the log. After a hangup the terminal is gone: the pod is dealt with all the same."""
+    """A line for the terminal or the log (both in a --foreground run). After a hangup the terminal is gone: the pod
+    is dealt with all the same."""
+    if TEE:
+        TEE.write(f"{line}\n".encode())
+        return
     try:
         print(line, flush=True)
     except OSError:
@@ -480,6 +510,48 @@ def wait(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# the launch: the prep, training, then the pod's end
+
+def child(command: list[str]) -> int:
+    """Run one command of the launch to its end, its output on this process's (through TEE in a --foreground run);
+    its exit code (128 + N for signal N)."""
+    say(f"train.sh: running {shlex.join(command)}")
+    try:
+        if TEE is None:
+            code = subprocess.run(command).returncode
+        else:
+            with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as proc:
+                for data in iter(lambda: proc.stdout.read1(65536), b""):
+                    TEE.write(data)
+            code = proc.returncode
+    except OSError as e:
+        say(f"train.sh: {command[0]}: {e.strerror}")
+        return 127
+    return 128 - code if code < 0 else code
+
+
+def run(args: argparse.Namespace) -> int:
+    """The launch, from the prep to the pod's end (see the docstring); training's exit code."""
+    global TEE
+    stops: list[str] = []  # the commands get the same signals (one process group) and stop; the first is noted
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda signum, frame: stops.append(signal.Signals(signum).name[3:]))
+    os.environ["PYTHONUNBUFFERED"] = "1"
+    if args.foreground:
+        TEE = Tee(args.log)
+        say(f"train.sh: logging to {args.log}")
+    say(f"train.sh: {time.strftime('%Y-%m-%d %H:%M:%S')} on {socket.gethostname()}, log dir {args.log_dir}")
+    code = child(args.prep) if args.prep else 0
+    if code == 0 and not stops:
+        code = child(args.train)
+    args.exit_code, args.signal = code, (stops or [None])[0]
+    after = f" after SIG{args.signal}" if args.signal else ""
+    say(f"train.sh: {time.strftime('%Y-%m-%d %H:%M:%S')} training ended with exit code {code}{after}")
+    end(args)
+    return code
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # the plan at launch, and the end of the run
 
 def leaves_pod(pod: Pod, args: argparse.Namespace) -> str:
@@ -644,17 +716,24 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="check that runpodctl reaches the pod now")
     sub.add_parser("env", parents=[common], formatter_class=HelpFormatter,
                    help="the RUNPOD_* variables from --rp-environment, KEY=value\\0 each")
-    s = sub.add_parser("end", parents=[run], formatter_class=HelpFormatter,
+    ending = argparse.ArgumentParser(add_help=False, parents=[run])
+    ending.add_argument("--since", type=int, required=True,
+                        help="LOG_DIR/metrics.jsonl's size in bytes at launch: a train event after it means it trained")
+    ending.add_argument("--attended-by", type=int, default=None, metavar="PID",
+                        help="the pid of train.sh's wait for the first step: while it runs, someone is at the terminal")
+    ending.add_argument("--retry-delays", type=lambda s: [float(x) for x in s.split()],
+                        default=os.environ.get("POD_RETRY_DELAYS", "15 30 60 120"),
+                        help="seconds to wait before each new try of a stop or remove")
+    s = sub.add_parser("run", parents=[ending], formatter_class=HelpFormatter,
+                       usage="%(prog)s --log-dir DIR --log FILE --since BYTES [options] -- TRAINING COMMAND",
+                       help="the launch: --prep's command, then training (after --), then the pod's end")
+    s.add_argument("--log", required=True, help="the launch's log file (--foreground: its output goes there too)")
+    s.add_argument("--prep", action="append", default=[], metavar="ARG",
+                   help="one argument of the command that makes the data first (--prep=ARG, for each)")
+    s = sub.add_parser("end", parents=[ending], formatter_class=HelpFormatter,
                        help="when training ended: decide, then stop or remove the pod")
     s.add_argument("--exit-code", type=int, required=True, help="the trainer's exit code")
     s.add_argument("--signal", choices=["INT", "TERM", "HUP"], default=None, help="the stop signal train.sh got")
-    s.add_argument("--since", type=int, required=True,
-                   help="LOG_DIR/metrics.jsonl's size in bytes at launch: a train event after it means it trained")
-    s.add_argument("--attended-by", type=int, default=None, metavar="PID",
-                   help="the pid of train.sh's wait for the first step: while it runs, someone is at the terminal")
-    s.add_argument("--retry-delays", type=lambda s: [float(x) for x in s.split()],
-                   default=os.environ.get("POD_RETRY_DELAYS", "15 30 60 120"),
-                   help="seconds to wait before each new try of a stop or remove")
     s = sub.add_parser("wait", parents=[run], formatter_class=HelpFormatter,
                        help="train.sh, once training runs in the background: its lines until the first step")
     s.add_argument("--since", type=int, required=True, help="LOG_DIR/metrics.jsonl's size in bytes at launch")
@@ -662,7 +741,13 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     s.add_argument("--log", required=True, help="the background run's log file")
     s.add_argument("--log-offset", type=int, required=True,
                    help="the log's size in bytes before the background run began (what came before was shown)")
-    return p.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    cut = argv.index("--") if "--" in argv else len(argv)  # run's training command, taken as it is
+    args = p.parse_args(argv[:cut])
+    args.train = argv[cut + 1:]
+    if args.command == "run" and not args.train:
+        p.error("run needs the training command after --")
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -675,6 +760,8 @@ def main(argv: list[str] | None = None) -> None:
                 sys.stdout.write(f"{key}={value}\0")
         elif args.command == "wait":
             sys.exit(wait(args))
+        elif args.command == "run":
+            sys.exit(run(args))
         else:
             end(args)
     except PodError as e:

@@ -33,8 +33,7 @@ HERE=$(dirname "$SCRIPT")
 PYTHON=${PYTHON:-$(command -v python || command -v python3 || echo python)}
 die() { echo "train.sh: $*" >&2; exit 2; }
 
-args=("$@") positional=() log_opt=() extra=() pod_opts=() pod_check=() paths="" nproc=""
-foreground=0 prep=0 preflight=1 detached=0
+positional=() log_opt=() extra=() pod_opts=() pod_check=() nproc="" foreground=0 prep=0 preflight=1
 while (($#)); do
     case $1 in
         -h | --help) sed -n '2,/^set -e/{/^set -e/d; s/^# \{0,1\}//; p}' "$SCRIPT"; exit 0 ;;
@@ -47,7 +46,6 @@ while (($#)); do
         --no-pod-check) pod_check=("$1"); shift ;;
         --prep) prep=1; shift ;;
         --no-preflight) preflight=0; shift ;;
-        --detached-child) detached=1; paths=$2 since=$3 waiter=$4; shift 4 ;;  # internal: train.sh, in the background
         --) shift; extra=("$@"); break ;;  # train_gpt2.py's, after train.sh's --log-dir (the last one wins)
         -*) die "unknown option $1 - see ./train.sh --help (train_gpt2.py options go after --)" ;;
         *) positional+=("$1"); shift ;;
@@ -77,12 +75,12 @@ if [[ -z ${TRAIN_CMD:-} ]] || ((prep)); then
 fi
 
 # --- the commands, with the log dir, data dir and preset as train_gpt2.py resolves its options ---
-[[ -n $paths ]] || paths=$("$PYTHON" "$HERE/train_gpt2.py" "${log_opt[@]}" "${extra[@]}" --print-paths) || exit 2
+paths=$("$PYTHON" "$HERE/train_gpt2.py" "${log_opt[@]}" "${extra[@]}" --print-paths) || exit 2
 mapfile -t resolved <<<"$paths"
 log_dir=${resolved[0]} data_dir=${resolved[1]} hella_file=${resolved[2]:-} preset=${resolved[3]:-}
 [[ -n $nproc ]] || nproc=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ') || nproc=1
 # a GPU machine whose torch cannot use its GPUs (or fewer than --nproc): one line, and nothing starts
-[[ -n ${TRAIN_CMD:-} ]] || ((detached)) ||
+[[ -n ${TRAIN_CMD:-} ]] ||
     "$PYTHON" "$HERE/common.py" --check-gpus "$nproc" --device "${resolved[4]:-auto}" --name train.sh || exit 2
 launcher=(torchrun) && command -v torchrun >/dev/null || launcher=("$PYTHON" -m torch.distributed.run)
 launcher+=(--standalone "--nproc_per_node=$nproc" "$HERE/train_gpt2.py")
@@ -99,31 +97,13 @@ export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-900}
 have_shards() { compgen -G "$data_dir/*_train_*.npy" >/dev/null || compgen -G "$data_dir/*_train_*.bin" >/dev/null; }
 need_prep() { ((prep && pretokenized)) || ! have_shards; }
 note_signals() { for s in INT TERM HUP; do trap "stop_signal=\${stop_signal:-$s}" "$s"; done; }
-# Run a command, its output also appended to the log (the detached train.sh's output is the log). tee ignores Ctrl-C,
-# a hangup and kill: it must outlive training, which saves a checkpoint after a dropped SSH and says so in the log.
+# Run a command, its output also appended to the log. tee ignores Ctrl-C, a hangup and kill: it must outlive the command.
 logged() {
-    if ((detached)); then "$@"; return; fi
     "$@" 2>&1 | (trap '' INT HUP TERM; exec tee -a "$logfile")
     return "${PIPESTATUS[0]}"
 }
 quoted() { local s; printf -v s '%q ' "$@"; printf '%s' "${s% }"; }  # a command to copy, quoted for the shell
 say() { logged printf '%s\n' "train.sh: $*" || true; }
-
-# --- training, then pod.py end: it decides what happens to the pod from how training ended ---
-run_and_end() {
-    local rc=0
-    stop_signal=""
-    note_signals  # training gets them too and saves; pod.py is told which came (torchrun exits 1 on Ctrl-C)
-    export PYTHONUNBUFFERED=1
-    say "$(date '+%Y-%m-%d %H:%M:%S') on ${HOSTNAME:-this machine}, log dir $log_dir"
-    if need_prep; then say "running $(quoted "${prep_cmd[@]}")"; logged "${prep_cmd[@]}" || rc=$?; fi
-    if ((rc == 0)) && [[ -z $stop_signal ]]; then say "running $(quoted "${cmd[@]}")"; logged "${cmd[@]}" || rc=$?; fi
-    say "$(date '+%Y-%m-%d %H:%M:%S') training ended with exit code $rc${stop_signal:+ after SIG$stop_signal}"
-    logged "$PYTHON" "$HERE/pod.py" end --log-dir "$log_dir" --exit-code "$rc" ${stop_signal:+--signal "$stop_signal"} \
-        --since "$since" ${waiter:+--attended-by "$waiter"} "${pod_opts[@]}" || true
-    return "$rc"
-}
-if ((detached)); then run_and_end && exit 0 || exit $?; fi
 
 if ! have_shards; then
     ((prep)) || die "no training shards in $data_dir/ - run python fineweb.py $(quoted "${prep_cmd[@]:2}") first (or" \
@@ -162,14 +142,16 @@ elif ((preflight)); then
     ((rc == 0)) || die "the preflight failed (exit code $rc): nothing started - fix what it says above$report"
 fi
 # metrics.jsonl's size now: the launch trained when a train event comes after it (pod.py's docstring)
-since=$( (wc -c <"$log_dir/metrics.jsonl") 2>/dev/null || echo 0) waiter="" shown=$(wc -c <"$logfile")
-if ((foreground)); then say "logging to $logfile"; run_and_end && exit 0 || exit $?; fi
-((prep)) || waiter=$$  # pod.py wait, once this process becomes it; --prep returns at once (the user leaves)
+since=$( (wc -c <"$log_dir/metrics.jsonl") 2>/dev/null || echo 0) shown=$(wc -c <"$logfile")
+# pod.py run: the prep, training, then the pod's end
+run=("$PYTHON" "$HERE/pod.py" run --log-dir "$log_dir" --log "$logfile" --since "$since" "${pod_opts[@]}")
+if need_prep; then for arg in "${prep_cmd[@]}"; do run+=("--prep=$arg"); done; fi
+((foreground)) && exec "${run[@]}" -- "${cmd[@]}"
+((prep)) || run+=(--attended-by $$)  # pod.py wait, once this process becomes it; --prep returns at once (you leave)
 # In its own session, so logging out does not reach it; `cmd &` would start it with SIGINT ignored, which a shell
 # cannot trap: env sets INT, QUIT and HUP back to their defaults (the log says which signal stopped training).
-setsid env --default-signal=INT,QUIT,HUP "$SCRIPT" --detached-child "$paths" "$since" "$waiter" "${args[@]}" \
-    </dev/null >>"$logfile" 2>&1 &
-[[ -z $waiter ]] || exec "$PYTHON" "$HERE/pod.py" wait --log-dir "$log_dir" --since "$since" --pid $! --log "$logfile" \
+setsid env --default-signal=INT,QUIT,HUP "${run[@]}" -- "${cmd[@]}" </dev/null >>"$logfile" 2>&1 &
+((prep)) || exec "$PYTHON" "$HERE/pod.py" wait --log-dir "$log_dir" --since "$since" --pid $! --log "$logfile" \
     --log-offset "$shown" "${pod_opts[@]}"
 echo "train.sh: training runs in the background (pid $!, stop it with: kill -- -$!), logging to $logfile"
 echo "train.sh: follow it with: tail -f $(quoted "$logfile")"

@@ -446,10 +446,12 @@ def test_log_dir_after_the_separator_is_used_once(rig):
 
 
 def test_a_log_dir_with_a_space_is_quoted_in_every_command_train_sh_prints(rig):
-    log_dir = rig.volume / "my log"
-    r = train_sh(rig, "--log-dir", str(log_dir), "--", "--data", str(rig.data), **ON_VOLUME)
+    log_dir, go = rig.volume / "my log", rig.root / "go"  # training runs until go exists, so train.sh returns first
+    r = train_sh(rig, "--log-dir", str(log_dir), "--", "--data", str(rig.data), WAIT_FOR=str(go), **ON_VOLUME)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines() + train_log(log_dir).splitlines()
+    go.touch()
+    wait_until(lambda: "done: pod" in train_log(log_dir), next(log_dir.glob("train-*.log")))
     preflight = next(line for line in lines if line.startswith("train.sh: preflight: "))
     running = next(line for line in lines if line.startswith("train.sh: running "))
     follow = next(line for line in lines if line.startswith("train.sh: follow it with: tail -f "))
