@@ -1,14 +1,12 @@
 #!/usr/bin/env bash
 # usage: ./train.sh [options] [CHECKPOINT [EPOCHS]] [-- train_gpt2.py options]
 #
-# Trains GPT-2 on every GPU of this machine. First train_gpt2.py --preflight runs with the same options, attached (a
-# few steps of every part at the real shapes; the time and cost of the run); a failed preflight starts nothing. Then
-# torchrun train_gpt2.py runs in the background (it keeps going after you log out), logging to LOG_DIR/train-<time>.log;
-# train.sh shows its lines until its first optimizer step and returns then. A launch that ends before that step says
-# why and exits non-zero; Ctrl-C while train.sh waits stops it. On a RunPod pod, pod.py says at launch what happens to
-# the pod when training ends (removed when the log dir is on a network volume, stopped when it is on the pod's volume
-# disk) and does it then; a launch that never stepped leaves the pod as it was, unless nobody watched it (--prep, a
-# dropped SSH): python pod.py --help has the details.
+# Trains GPT-2 on every GPU of this machine. First train_gpt2.py --preflight runs attached with the same options (a
+# few steps of every part at the real shapes; the run's time and cost); a failed one starts nothing. Then training
+# runs in the background (logging out does not stop it), logging to LOG_DIR/train-<time>.log, and train.sh shows it
+# until its first optimizer step. A launch that ends sooner (refused options, already trained, ...) says why and exits
+# non-zero; Ctrl-C then stops it. On a RunPod pod, pod.py stops or removes the pod when training ends, and leaves it
+# when a launch you watched never stepped: pod.py plan says which at launch, python pod.py --help has the details.
 #
 #   CHECKPOINT       model_*.pt to continue (--resume); auto (default): the newest in LOG_DIR; none: start fresh
 #   EPOCHS           epochs the run spans, e.g. 2 for a second epoch (--epochs)

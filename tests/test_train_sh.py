@@ -654,8 +654,8 @@ def start_foreground_demo(rig: SimpleNamespace, demo_shards: Path, *args: str, t
 
 @pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGTERM])
 def test_a_hangup_or_kill_of_a_foreground_runs_group_still_saves_and_logs_it(rig, demo_shards, sig):
-    """A dropped SSH (SIGHUP) or `kill -- -PID` (SIGTERM) reaches train.sh, torchrun and tee: tee must live on so that
-    training's output has somewhere to go while it saves."""
+    """A dropped SSH (SIGHUP) or `kill -- -PID` (SIGTERM) reaches train.sh (now pod.py run, the tee to the terminal and
+    the log) and torchrun: the tee must live on so that training's output has somewhere to go while it saves."""
     proc = start_foreground_demo(rig, demo_shards, "--no-preflight", **ON_VOLUME)
     try:
         wait_until(lambda: list(rig.log.glob("train-*.log")) and " | loss " in train_log(rig.log), rig.log, 120)
