@@ -448,3 +448,25 @@ def test_help_says_what_happens_to_the_pod_in_each_outcome(rig):
         line = next(line for line in text.splitlines() if outcome in line)
         assert fate in text[text.index(line):text.index(line) + 400], outcome
     assert "v2 (`runpodctl pod get|stop|delete ID`)" in text and "v1 (`runpodctl get|stop|remove pod ID`)" in text
+
+
+def test_a_foreground_run_whose_terminal_went_away_logs_all_and_still_ends_the_pod(rig):
+    # pod.py run --foreground is the tee of train.sh --foreground: output piped into a reader that left (| head -1,
+    # a dropped SSH) costs the terminal only; the log gets every line, the pod is dealt with, training's code returned
+    log = rig.log / "train-1.log"
+    trainer = (f"echo '{{\"event\": \"train\", \"step\": 0}}' >> {rig.log}/metrics.jsonl; "
+               "for i in $(seq 3000); do echo line $i; done; exit 3")
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody reads the terminal any more
+    try:
+        r = subprocess.run([sys.executable, str(ROOT / "pod.py"), "run", "--foreground", "--log-dir", str(rig.log),
+                            "--log", str(log), "--since", "0", "--", "bash", "-c", trainer], stdout=write_end,
+                           stderr=subprocess.PIPE, text=True, env=pod_env(rig, **ON_VOLUME), timeout=60)
+    finally:
+        os.close(write_end)
+    assert r.returncode == 3 and r.stderr == "", r.stderr
+    lines = log.read_text().splitlines()
+    assert lines[0] == f"train.sh: logging to {log}" and "line 3000" in lines
+    assert "training ended with exit code 3" in lines[lines.index("line 3000") + 1]
+    assert f"pod.py: done: pod {POD} is removed" in lines
+    assert rig.account.status() == "removed"
